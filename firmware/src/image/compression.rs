@@ -1,0 +1,266 @@
+//! How a component travels in the transport file: raw, or as a heatshrink stream.
+//!
+//! heatshrink's window (`W`) and lookahead (`L`) are compile-time parameters of its decoder,
+//! so a device can decode exactly the pairs compiled in: [`HeatshrinkParams::SUPPORTED`].
+//! The decoder's RAM is its window, `2^W` bytes, plus a small input buffer; the largest pair
+//! listed here costs 4 KiB. The list is kept short because every pair adds a decoder to the
+//! device code.
+
+use core::fmt;
+use heatshrink::decoder::HeatshrinkDecoder;
+use heatshrink::{Poll, SinkError};
+use serde::{Deserialize, Serialize};
+
+/// Bytes of compressed input the decoder buffers at a time.
+const DECODER_INPUT: usize = 32;
+
+/// Window and lookahead (both as powers of two) of a heatshrink stream.
+///
+/// Only pairs in [`HeatshrinkParams::SUPPORTED`] can be built, so a manifest that parses always
+/// names a decoder the device has.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(try_from = "(u8, u8)", into = "(u8, u8)")]
+pub struct HeatshrinkParams {
+    pair: Pair,
+}
+
+/// How a component's bytes are carried in the transport file.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum Compression {
+    /// The payload is the installed bytes.
+    Raw,
+    /// The payload is a heatshrink stream of the installed bytes.
+    Heatshrink(HeatshrinkParams),
+}
+
+/// A heatshrink window/lookahead pair this build cannot decode.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, thiserror::Error)]
+#[error("heatshrink window {0} / lookahead {1} is not supported (supported: {list})", list = SupportedList)]
+pub struct UnsupportedParams(pub u8, pub u8);
+
+/// Displays [`HeatshrinkParams::SUPPORTED`] as `w8/l4, ...`.
+struct SupportedList;
+
+impl fmt::Display for SupportedList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in HeatshrinkParams::SUPPORTED.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            write!(f, "{sep}{}/{}", p.window(), p.lookahead())?;
+        }
+        Ok(())
+    }
+}
+
+impl HeatshrinkParams {
+    /// The pair `imager fuse` uses unless told otherwise; `docs/benchmarks.md` says why.
+    pub const DEFAULT: HeatshrinkParams = HeatshrinkParams { pair: Pair::W11L4 };
+
+    /// A supported pair, or why not.
+    pub fn new(window: u8, lookahead: u8) -> Result<Self, UnsupportedParams> {
+        Self::SUPPORTED
+            .iter()
+            .copied()
+            .find(|p| p.window() == window && p.lookahead() == lookahead)
+            .ok_or(UnsupportedParams(window, lookahead))
+    }
+
+    /// Window size as a power of two (the window is `2^window` bytes).
+    pub fn window(self) -> u8 {
+        self.pair.window()
+    }
+
+    /// Lookahead as a power of two (back-references copy up to `2^lookahead` bytes).
+    pub fn lookahead(self) -> u8 {
+        self.pair.lookahead()
+    }
+
+    /// Decoder RAM for this pair, in bytes: window, input buffer, and up to 48 bytes of state
+    /// (about 20 on a 32-bit device, 40 on a 64-bit host).
+    pub fn decoder_ram(self) -> usize {
+        (1usize << self.window()) + DECODER_INPUT + 48
+    }
+}
+
+impl TryFrom<(u8, u8)> for HeatshrinkParams {
+    type Error = UnsupportedParams;
+    fn try_from((window, lookahead): (u8, u8)) -> Result<Self, Self::Error> {
+        Self::new(window, lookahead)
+    }
+}
+
+impl From<HeatshrinkParams> for (u8, u8) {
+    fn from(p: HeatshrinkParams) -> Self {
+        (p.window(), p.lookahead())
+    }
+}
+
+/// Why a heatshrink stream could not be decoded.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct StreamError;
+
+/// Declares the supported pairs once; generates the list, the decoder and the encoder for them.
+macro_rules! supported_params {
+    ($($variant:ident = ($w:literal, $l:literal)),+ $(,)?) => {
+        /// The supported pairs, one variant each, so an unsupported pair cannot exist.
+        #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+        enum Pair {
+            $($variant),+
+        }
+
+        impl Pair {
+            fn window(self) -> u8 {
+                match self { $(Pair::$variant => $w),+ }
+            }
+
+            fn lookahead(self) -> u8 {
+                match self { $(Pair::$variant => $l),+ }
+            }
+        }
+
+        impl HeatshrinkParams {
+            /// Every window/lookahead pair this build can decode, smallest window first.
+            pub const SUPPORTED: &[HeatshrinkParams] = &[$(HeatshrinkParams { pair: Pair::$variant }),+];
+        }
+
+        /// A heatshrink decoder for one supported pair.
+        ///
+        /// Sized for the largest pair on purpose: the device reserves one fixed budget for
+        /// whichever stream arrives, and there is no heap to box into.
+        #[allow(clippy::large_enum_variant)]
+        pub(crate) enum Decoder {
+            $($variant(HeatshrinkDecoder<$w, $l, DECODER_INPUT, { 1 << $w }>)),+
+        }
+
+        impl Decoder {
+            pub(crate) fn new(params: HeatshrinkParams) -> Self {
+                match params.pair {
+                    $(Pair::$variant => Decoder::$variant(HeatshrinkDecoder::new())),+
+                }
+            }
+
+            fn sink(&mut self, input: &[u8]) -> Result<usize, SinkError> {
+                match self { $(Decoder::$variant(d) => d.sink(input)),+ }
+            }
+
+            fn poll(&mut self, out: &mut [u8]) -> Result<Poll, heatshrink::PollError> {
+                match self { $(Decoder::$variant(d) => d.poll(out)),+ }
+            }
+        }
+
+        /// Compresses `data` as one heatshrink stream with `params`.
+        #[cfg(feature = "std")]
+        pub fn compress(params: HeatshrinkParams, data: &[u8]) -> alloc::vec::Vec<u8> {
+            match params.pair {
+                $(Pair::$variant => encode::<$w, $l, { 2 << $w }>(data)),+
+            }
+        }
+    };
+}
+
+supported_params! {
+    W8L4 = (8, 4),
+    W10L4 = (10, 4),
+    W11L4 = (11, 4),
+    W12L5 = (12, 5),
+}
+
+impl Decoder {
+    /// Decodes `input`, handing every decoded byte to `out` in chunks.
+    ///
+    /// `out` returning an error stops decoding and passes that error on.
+    pub(crate) fn feed<E>(
+        &mut self,
+        mut input: &[u8],
+        out: &mut impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), Result<E, StreamError>> {
+        let mut buf = [0u8; 128];
+        while !input.is_empty() {
+            // Never sink an empty slice: the decoder reads its buffer as if a byte arrived.
+            let taken = match self.sink(input) {
+                Ok(n) => n,
+                Err(_) => return Err(Err(StreamError)),
+            };
+            input = &input[taken..];
+            loop {
+                let (n, more) = match self.poll(&mut buf) {
+                    Ok(Poll::More(n)) => (n, true),
+                    Ok(Poll::Empty(n)) => (n, false),
+                    Err(_) => return Err(Err(StreamError)),
+                };
+                if n > 0 {
+                    out(&buf[..n]).map_err(Ok)?;
+                }
+                if !more {
+                    break;
+                }
+            }
+            if taken == 0 {
+                // The decoder refused input right after draining everything: it cannot make
+                // progress, which no valid stream causes. Stop rather than spin.
+                return Err(Err(StreamError));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(feature = "std")]
+fn encode<const W: usize, const L: usize, const BUF: usize>(data: &[u8]) -> alloc::vec::Vec<u8> {
+    use heatshrink::encoder::HeatshrinkEncoder;
+    let mut encoder = alloc::boxed::Box::new(HeatshrinkEncoder::<W, L, BUF>::new());
+    let mut out = alloc::vec::Vec::with_capacity(data.len() / 2 + 64);
+    let mut buf = [0u8; 4096];
+    let mut rest = data;
+    loop {
+        if !rest.is_empty() {
+            match encoder.sink(rest) {
+                Ok(n) => rest = &rest[n..],
+                Err(SinkError::Full) => {}
+                Err(SinkError::Misuse) => unreachable!("sink is only called before finish"),
+            }
+        }
+        if rest.is_empty() {
+            encoder.finish();
+        }
+        match encoder.poll(&mut buf) {
+            Ok(Poll::More(n)) => out.extend_from_slice(&buf[..n]),
+            Ok(Poll::Empty(n)) => {
+                out.extend_from_slice(&buf[..n]);
+                if rest.is_empty() && encoder.finish() == heatshrink::Finish::Done {
+                    return out;
+                }
+            }
+            Err(_) => unreachable!("poll is given a non-empty buffer"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stated_decoder_ram_covers_the_real_decoder() {
+        let largest = HeatshrinkParams::SUPPORTED.iter().map(|p| p.decoder_ram()).max().unwrap();
+        // The enum adds at most a word for its tag.
+        assert!(
+            core::mem::size_of::<Decoder>() <= largest + 8,
+            "{}",
+            core::mem::size_of::<Decoder>()
+        );
+        let small = HeatshrinkDecoder::<8, 4, DECODER_INPUT, 256>::new();
+        assert!(core::mem::size_of_val(&small) <= HeatshrinkParams::SUPPORTED[0].decoder_ram());
+    }
+
+    #[test]
+    fn only_supported_pairs_exist() {
+        assert!(HeatshrinkParams::new(11, 4).is_ok());
+        let err = HeatshrinkParams::new(13, 4).unwrap_err();
+        extern crate std;
+        use std::string::ToString;
+        assert_eq!(
+            err.to_string(),
+            "heatshrink window 13 / lookahead 4 is not supported (supported: 8/4, 10/4, 11/4, 12/5)"
+        );
+    }
+}

@@ -1,0 +1,16 @@
+//! Device side of the fleet pipeline.
+//!
+//! Everything here runs on the device as well as on hosts: it is `no_std`, never allocates,
+//! and never panics on any input. The `std` feature adds what only hosts need (building and
+//! signing images).
+//!
+//! - [`image`]: image format v1 — the signed manifest, the header that carries it, parsing,
+//!   signature checks and streaming decompression with hashing.
+#![no_std]
+
+#[cfg(feature = "std")]
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+pub mod image;

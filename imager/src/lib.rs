@@ -1,0 +1,17 @@
+//! The `imager` command line, as a library: each command is a plain function over typed
+//! arguments, so tests and other tools can call it without a process.
+//!
+//! - [`keys`]: Ed25519 key files (PKCS#8 / SPKI PEM).
+//! - [`input`]: reading firmware inputs (ELF, Intel HEX, raw binary at an address).
+//! - [`fuse`]: turning inputs into one signed image for a board.
+//! - [`summary`]: what `inspect` shows.
+//! - [`verify`]: checking an image file against public keys and its board.
+//! - [`cli`]: argument parsing and output.
+
+pub mod cli;
+pub mod fuse;
+pub mod input;
+pub mod keys;
+pub mod summary;
+pub mod verify;
+mod write;
