@@ -1,0 +1,243 @@
+//! Fuse benchmark: how fast `imager fuse` turns a 1 MiB application into a signed image,
+//! side by side with MCUboot's `imgtool sign` on the same input in the same run, and how well
+//! each supported heatshrink window compresses real Thumb code for the RAM it costs the device.
+//!
+//! Run: `cargo run --release -p imager --example fuse-bench [-- --runs N]`
+//!
+//! Needs `arm-none-eabi-g++` (Debian: gcc-arm-none-eabi libstdc++-arm-none-eabi-newlib) to build
+//! the input, and `imgtool` (PyPI: imgtool). With PyPI's heatshrink2 it also shows windows the
+//! device does not support, from the reference C encoder, for context.
+//!
+//! The input is real code: `thumb-app.cpp` (a libstdc++-heavy program) compiled with -Os for a
+//! Cortex-M0 and for a Cortex-M4F; the two raw binaries, back to back, cut at 1 MiB.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use ed25519_dalek::{Signer, SigningKey};
+use firmware::image::{HeatshrinkParams, compress};
+use sha2::{Digest, Sha256};
+
+const INPUT_LEN: usize = 1 << 20;
+/// Where bench-4m's first component is linked (slot A + header).
+const LINK_ADDRESS: &str = "0x10010400";
+
+fn main() -> Result<()> {
+    let runs: usize = match std::env::args().skip_while(|a| a != "--runs").nth(1) {
+        Some(n) => n.parse().context("--runs N")?,
+        None => 7,
+    };
+    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/fuse-bench");
+    let exe = std::env::current_exe()?;
+    let release_dir = exe.parent().and_then(Path::parent).context("where is target/release?")?;
+    let work = release_dir.join("fuse-bench");
+    std::fs::create_dir_all(&work)?;
+
+    let input_path = build_input(&here, &work)?;
+    let input = std::fs::read(&input_path)?;
+    let imager = build_imager(release_dir)?;
+    println!("fuse benchmark: {} bytes of Thumb code (thumb-app.cpp, arm-none-eabi-g++ -Os, Cortex-M0 + Cortex-M4F)", input.len());
+    println!("machine: {}", machine());
+    println!();
+
+    // Keys for both tools.
+    let key = work.join("imager-key");
+    for suffix in [".pem", ".pub.pem"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", key.display()));
+    }
+    run(Command::new(&imager).arg("keygen").arg("--out").arg(&key))?;
+    let imgtool_key = work.join("imgtool-key.pem");
+    let _ = std::fs::remove_file(&imgtool_key);
+    run(Command::new("imgtool").args(["keygen", "-t", "ed25519", "-k"]).arg(&imgtool_key))
+        .context("imgtool is needed: python3 -m pip install imgtool")?;
+
+    // End to end, one process per fuse, as a build pipeline runs them.
+    let fwi = work.join("app.fwi");
+    let ours = time(runs, || {
+        run(Command::new(&imager)
+            .arg("--boards")
+            .arg(&here)
+            .args(["fuse", "--board", "bench-4m", "--version", "1.0.0"])
+            .arg("--app")
+            .arg(format!("{}@{LINK_ADDRESS}", input_path.display()))
+            .arg("--key")
+            .arg(format!("{}.pem", key.display()))
+            .arg("--out")
+            .arg(&fwi))
+    })?;
+    let ours_size = std::fs::metadata(&fwi)?.len();
+    let signed = work.join("imgtool-signed.bin");
+    let imgtool = |extra: &'static [&'static str]| {
+        let (key, input, signed) = (imgtool_key.clone(), input_path.clone(), signed.clone());
+        move || {
+            run(Command::new("imgtool")
+                .args(["sign", "--header-size", "0x400", "--pad-header", "--align", "4"])
+                .args(["--version", "1.0.0", "--slot-size", "0x1F0000", "--key"])
+                .arg(&key)
+                .args(extra)
+                .arg(&input)
+                .arg(&signed))
+        }
+    };
+    let theirs = time(runs, imgtool(&[]))?;
+    let theirs_size = std::fs::metadata(&signed)?.len();
+    let lzma = time(runs.min(3), imgtool(&["--compression", "lzma2armthumb"]))?;
+    let lzma_size = std::fs::metadata(&signed)?.len();
+
+    let mbps = |d: Duration| input.len() as f64 / 1e6 / d.as_secs_f64();
+    println!("end to end, one process each, median of {runs} runs:");
+    let row = |name: &str, d: Duration, size: u64| {
+        println!(
+            "  {name:<52} {:>7.3} s {:>7.2} MB/s  output {size:>8} B ({:.1}%)",
+            d.as_secs_f64(),
+            mbps(d),
+            100.0 * size as f64 / input.len() as f64
+        );
+    };
+    row("imager fuse (heatshrink 11/4, sha256, ed25519)", ours, ours_size);
+    row("imgtool sign (sha256, ed25519; no compression)", theirs, theirs_size);
+    row("imgtool sign --compression lzma2armthumb", lzma, lzma_size);
+    println!(
+        "  ratio: imager fuse is {:.2}x the throughput of imgtool sign, {:.2}x that of imgtool with lzma2",
+        theirs.as_secs_f64() / ours.as_secs_f64(),
+        lzma.as_secs_f64() / ours.as_secs_f64()
+    );
+    println!();
+
+    // Where the time goes inside one fuse (no process start, no file I/O).
+    let params = HeatshrinkParams::DEFAULT;
+    let compress_time = time(runs, || {
+        std::hint::black_box(compress(params, &input));
+        Ok(())
+    })?;
+    let hash_time = time(runs, || {
+        std::hint::black_box(Sha256::digest(&input));
+        Ok(())
+    })?;
+    let signer = SigningKey::from_bytes(&[7; 32]);
+    let manifest = vec![0x5A; 300];
+    let sign_time = time(runs, || {
+        std::hint::black_box(signer.sign(&manifest));
+        Ok(())
+    })?;
+    println!("in process, median of {runs} runs:");
+    println!("  heatshrink 11/4 compress   {:>8.1} ms  {:>7.2} MB/s", ms(compress_time), mbps(compress_time));
+    println!("  sha256 of the input        {:>8.1} ms  {:>7.2} MB/s", ms(hash_time), mbps(hash_time));
+    println!("  ed25519 sign of a manifest {:>8.3} ms", ms(sign_time));
+    println!();
+
+    // Compression of real Thumb code per window, and what the window costs the device.
+    // A small real OS too: the .text of the nucleo-f411re fixture OS (arm-none-eabi-objcopy).
+    let os = std::fs::read(here.join("../../../firmware/tests/vectors/heatshrink/thumb-os.bin")).ok();
+    println!("heatshrink on real Thumb code (stored / installed; smaller is better):");
+    println!("  {:<10} {:>13} {:>14} {:>15} {:>14}", "window/la", "decoder RAM", "1 MiB app", "4.3 KiB os", "compress MB/s");
+    for &p in HeatshrinkParams::SUPPORTED {
+        let start = Instant::now();
+        let big = compress(p, &input).len();
+        let speed = mbps(start.elapsed());
+        let small = os.as_ref().map(|os| format!("{:.3}", compress(p, os).len() as f64 / os.len() as f64));
+        println!(
+            "  {:<10} {:>11} B {:>14.3} {:>15} {:>14.2}{}",
+            format!("{}/{}", p.window(), p.lookahead()),
+            p.decoder_ram(),
+            big as f64 / input.len() as f64,
+            small.unwrap_or_else(|| "-".into()),
+            speed,
+            if p == HeatshrinkParams::DEFAULT { "   <- default" } else { "" }
+        );
+    }
+    for (w, l) in [(9, 4), (13, 5), (14, 5)] {
+        if let Some(size) = reference_size(&input_path, w, l) {
+            println!(
+                "  {:<10} {:>11} B {:>14.3} {:>15} {:>14}   (reference C only; not supported on the device)",
+                format!("{w}/{l}"),
+                (1usize << w) + 80,
+                size as f64 / input.len() as f64,
+                "-",
+                "-"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Median wall time of `runs` calls.
+fn time(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<Duration> {
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let start = Instant::now();
+        f()?;
+        times.push(start.elapsed());
+    }
+    times.sort();
+    Ok(times[times.len() / 2])
+}
+
+fn run(command: &mut Command) -> Result<()> {
+    let out = command.output().with_context(|| format!("cannot run {command:?}"))?;
+    if !out.status.success() {
+        bail!("{command:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+fn build_imager(release_dir: &Path) -> Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(cargo).args(["build", "--quiet", "--release", "-p", "imager", "--bin", "imager"]))?;
+    Ok(release_dir.join("imager"))
+}
+
+/// Builds (once) the 1 MiB input from thumb-app.cpp.
+fn build_input(here: &Path, work: &Path) -> Result<PathBuf> {
+    let out = work.join("thumb-app.bin");
+    if std::fs::metadata(&out).is_ok_and(|m| m.len() == INPUT_LEN as u64) {
+        return Ok(out);
+    }
+    let mut code = Vec::new();
+    for (name, flags) in [
+        ("m0", &["-mcpu=cortex-m0", "-mfloat-abi=soft"][..]),
+        ("m4f", &["-mcpu=cortex-m4", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"][..]),
+    ] {
+        let elf = work.join(format!("thumb-app-{name}.elf"));
+        let bin = work.join(format!("thumb-app-{name}.bin"));
+        run(Command::new("arm-none-eabi-g++")
+            .args(["-mthumb", "-Os", "-w", "--specs=nosys.specs"])
+            .args(flags)
+            .arg(here.join("thumb-app.cpp"))
+            .arg("-o")
+            .arg(&elf))
+        .context("arm-none-eabi-g++ is needed (Debian: gcc-arm-none-eabi libstdc++-arm-none-eabi-newlib)")?;
+        run(Command::new("arm-none-eabi-objcopy").args(["-O", "binary"]).arg(&elf).arg(&bin))?;
+        code.extend(std::fs::read(&bin)?);
+    }
+    if code.len() < INPUT_LEN {
+        bail!("the two builds give {} bytes, fewer than 1 MiB", code.len());
+    }
+    code.truncate(INPUT_LEN);
+    std::fs::write(&out, code)?;
+    Ok(out)
+}
+
+/// Size of the reference C encoder's stream for (w, l), when python3 has heatshrink2.
+fn reference_size(input: &Path, w: u8, l: u8) -> Option<usize> {
+    let script = format!(
+        "import heatshrink2,sys; print(len(heatshrink2.encode(open(sys.argv[1],'rb').read(), window_sz2={w}, lookahead_sz2={l})))"
+    );
+    let out = Command::new("python3").args(["-c", &script]).arg(input).output().ok()?;
+    String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{cpus} cores, {model}")
+}
