@@ -38,7 +38,10 @@ fn main() -> Result<()> {
     let input_path = build_input(&here, &work)?;
     let input = std::fs::read(&input_path)?;
     let imager = build_imager(release_dir)?;
-    println!("fuse benchmark: {} bytes of Thumb code (thumb-app.cpp, arm-none-eabi-g++ -Os, Cortex-M0 + Cortex-M4F)", input.len());
+    println!(
+        "fuse benchmark: {} bytes of Thumb code (thumb-app.cpp, arm-none-eabi-g++ -Os, Cortex-M0 + Cortex-M4F)",
+        input.len()
+    );
     println!("machine: {}", machine());
     println!();
 
@@ -123,21 +126,34 @@ fn main() -> Result<()> {
         Ok(())
     })?;
     println!("in process, median of {runs} runs:");
-    println!("  heatshrink 11/4 compress   {:>8.1} ms  {:>7.2} MB/s", ms(compress_time), mbps(compress_time));
-    println!("  sha256 of the input        {:>8.1} ms  {:>7.2} MB/s", ms(hash_time), mbps(hash_time));
+    println!(
+        "  heatshrink 11/4 compress   {:>8.1} ms  {:>7.2} MB/s",
+        ms(compress_time),
+        mbps(compress_time)
+    );
+    println!(
+        "  sha256 of the input        {:>8.1} ms  {:>7.2} MB/s",
+        ms(hash_time),
+        mbps(hash_time)
+    );
     println!("  ed25519 sign of a manifest {:>8.3} ms", ms(sign_time));
     println!();
 
     // Compression of real Thumb code per window, and what the window costs the device.
     // A small real OS too: the .text of the nucleo-f411re fixture OS (arm-none-eabi-objcopy).
-    let os = std::fs::read(here.join("../../../firmware/tests/vectors/heatshrink/thumb-os.bin")).ok();
+    let os =
+        std::fs::read(here.join("../../../firmware/tests/vectors/heatshrink/thumb-os.bin")).ok();
     println!("heatshrink on real Thumb code (stored / installed; smaller is better):");
-    println!("  {:<10} {:>13} {:>14} {:>15} {:>14}", "window/la", "decoder RAM", "1 MiB app", "4.3 KiB os", "compress MB/s");
+    println!(
+        "  {:<10} {:>13} {:>14} {:>15} {:>14}",
+        "window/la", "decoder RAM", "1 MiB app", "4.3 KiB os", "compress MB/s"
+    );
     for &p in HeatshrinkParams::SUPPORTED {
         let start = Instant::now();
         let big = compress(p, &input).len();
         let speed = mbps(start.elapsed());
-        let small = os.as_ref().map(|os| format!("{:.3}", compress(p, os).len() as f64 / os.len() as f64));
+        let small =
+            os.as_ref().map(|os| format!("{:.3}", compress(p, os).len() as f64 / os.len() as f64));
         println!(
             "  {:<10} {:>11} B {:>14.3} {:>15} {:>14.2}{}",
             format!("{}/{}", p.window(), p.lookahead()),
@@ -189,7 +205,15 @@ fn run(command: &mut Command) -> Result<()> {
 
 fn build_imager(release_dir: &Path) -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run(Command::new(cargo).args(["build", "--quiet", "--release", "-p", "imager", "--bin", "imager"]))?;
+    run(Command::new(cargo).args([
+        "build",
+        "--quiet",
+        "--release",
+        "-p",
+        "imager",
+        "--bin",
+        "imager",
+    ]))?;
     Ok(release_dir.join("imager"))
 }
 
@@ -237,7 +261,11 @@ fn machine() -> String {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     format!("{cpus} cores, {model}")
 }
