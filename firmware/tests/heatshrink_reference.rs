@@ -65,32 +65,61 @@ fn committed_reference_vectors() {
     assert_eq!(checked, 4 * HeatshrinkParams::SUPPORTED.len());
 }
 
-/// Runs the reference C code through python: `mode` is encode or decode.
-fn reference(mode: &str, params: HeatshrinkParams, data: &[u8]) -> Vec<u8> {
-    let script = format!(
-        "import sys, heatshrink2; d = sys.stdin.buffer.read(); \
-         sys.stdout.buffer.write(heatshrink2.{mode}(d, window_sz2={}, lookahead_sz2={}))",
-        params.window(),
-        params.lookahead()
-    );
-    let mut child = Command::new("python3")
-        .args(["-c", &script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 is needed for the heatshrink cross-check");
-    let mut stdin = child.stdin.take().unwrap();
-    let input = data.to_vec();
-    let writer = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &input));
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap().unwrap();
-    assert!(
-        out.status.success(),
-        "the reference heatshrink is needed: python3 -m pip install heatshrink2\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+/// The reference C code, in one python process serving framed requests: mode (b'e' encode or
+/// b'd' decode), window, lookahead, u32 length, bytes; answered by u32 length, bytes.
+struct Reference {
+    child: std::process::Child,
+}
+
+const SERVER: &str = r#"
+import sys, struct, heatshrink2
+inp, out = sys.stdin.buffer, sys.stdout.buffer
+while True:
+    head = inp.read(7)
+    if len(head) < 7:
+        break
+    mode, w, l, n = struct.unpack("<cBBI", head)
+    data = inp.read(n)
+    f = heatshrink2.encode if mode == b"e" else heatshrink2.decode
+    res = f(data, window_sz2=w, lookahead_sz2=l)
+    out.write(struct.pack("<I", len(res)) + res)
+    out.flush()
+"#;
+
+impl Reference {
+    fn start() -> Self {
+        let child = Command::new("python3")
+            .args(["-c", SERVER])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 is needed for the heatshrink cross-check");
+        Reference { child }
+    }
+
+    fn call(&mut self, mode: u8, params: HeatshrinkParams, data: &[u8]) -> Vec<u8> {
+        use std::io::{Read, Write};
+        let hint = "the reference heatshrink is needed: python3 -m pip install heatshrink2";
+        let stdin = self.child.stdin.as_mut().unwrap();
+        let mut request = vec![mode, params.window(), params.lookahead()];
+        request.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        request.extend_from_slice(data);
+        stdin.write_all(&request).and_then(|()| stdin.flush()).expect(hint);
+        let stdout = self.child.stdout.as_mut().unwrap();
+        let mut len = [0u8; 4];
+        stdout.read_exact(&mut len).expect(hint);
+        let mut reply = vec![0u8; u32::from_le_bytes(len) as usize];
+        stdout.read_exact(&mut reply).expect(hint);
+        reply
+    }
+}
+
+impl Drop for Reference {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
 }
 
 #[test]
@@ -128,17 +157,18 @@ fn live_cross_check_with_the_reference_c_code() {
         v.truncate(len);
         inputs.push(v);
     }
+    let mut reference = Reference::start();
     for input in &inputs {
         for &params in HeatshrinkParams::SUPPORTED {
             let ours = compress(params, input);
-            let theirs = reference("encode", params, input);
+            let theirs = reference.call(b'e', params, input);
             assert_eq!(
                 ours,
                 theirs,
                 "encoder differs from C for {} bytes, {params:?}",
                 input.len()
             );
-            assert_eq!(reference("decode", params, &ours), *input, "C cannot decode ours");
+            assert_eq!(reference.call(b'd', params, &ours), *input, "C cannot decode ours");
             assert_eq!(unpack(params, &theirs, input), *input, "we cannot decode C's");
         }
     }

@@ -242,6 +242,41 @@ fn corrupt_streams_never_panic() {
 }
 
 #[test]
+fn random_streams_with_every_pair_never_panic() {
+    // Random heatshrink streams, fed in random chunks, for every supported pair; tests run with
+    // overflow checks on, so an arithmetic slip in the decoder would panic here.
+    let mut rng = Rng(0x9876_5432_1FED_CBA9);
+    let name = firmware::image::ComponentName::try_from("os").unwrap();
+    for round in 0..4000 {
+        let params = HeatshrinkParams::SUPPORTED[round % HeatshrinkParams::SUPPORTED.len()];
+        let stream: Vec<u8> = (0..1 + rng.below(600)).map(|_| rng.next() as u8).collect();
+        let installed = vec![0u8; 1 + rng.below(5000)];
+        let component = firmware::image::Component::new(
+            Role::Os,
+            name.clone(),
+            0,
+            &installed,
+            Compression::Heatshrink(params),
+            stream.len() as u32,
+        );
+        let mut unpacker = Unpacker::new(&component);
+        let mut rest = &stream[..];
+        let mut failed = false;
+        while !rest.is_empty() && !failed {
+            let n = 1 + rng.below(rest.len());
+            failed = unpacker.feed(&rest[..n], &mut |_: &[u8]| Ok::<(), ()>(())).is_err();
+            rest = &rest[n..];
+        }
+        if !failed {
+            assert!(
+                unpacker.finish().is_err(),
+                "random bytes decoded to zeros with the right hash"
+            );
+        }
+    }
+}
+
+#[test]
 fn random_files_never_panic() {
     let image = build(Some(HeatshrinkParams::DEFAULT));
     let keys = [trusted(&key(1))];

@@ -1,7 +1,7 @@
 //! Why an image, a manifest or a layout was refused. Every message says what and where.
 
 use super::unpack::UnpackError;
-use super::{ComponentName, FORMAT_VERSION, ImageId, KeyId, MAX_COMPONENTS, VersionError};
+use super::{ComponentName, FORMAT_VERSION, KeyId, MAX_COMPONENTS, VersionError};
 
 /// A manifest whose content breaks a rule of the format.
 #[derive(Clone, PartialEq, Eq, Debug, thiserror::Error)]
@@ -174,25 +174,9 @@ pub enum ImageError {
         /// What is wrong with it.
         error: UnpackError,
     },
-    /// The image is for another board.
-    #[error("image is for board {image:?}, not {expected:?}")]
-    WrongBoard {
-        /// Board in the manifest.
-        image: heapless::String<{ super::MAX_BOARD_LEN }>,
-        /// Board expected.
-        expected: heapless::String<{ super::MAX_BOARD_LEN }>,
-    },
     /// The image does not fit the slot.
     #[error("{0}")]
     Layout(#[from] LayoutError),
-    /// An image other than the one expected.
-    #[error("image id is {actual}, expected {expected}")]
-    WrongImage {
-        /// Id of the image at hand.
-        actual: ImageId,
-        /// Id expected.
-        expected: ImageId,
-    },
 }
 
 /// Up to [`super::MAX_SIGNATURES`] key ids, displayed comma-separated.
