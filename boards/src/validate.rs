@@ -6,6 +6,7 @@ use crate::board::{
     Board, EraseLayout, Flash, ImageSettings, PartitionName, Partitions, Ram, SectorRun,
 };
 use crate::error::BoardError;
+use firmware::image::is_valid_board_name;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,13 +57,6 @@ impl Checker<'_> {
     }
 }
 
-fn is_identifier(name: &str) -> bool {
-    (1..=32).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-}
-
 impl Board {
     /// Parses and validates a board file. `file` names it in error messages; when `expected_name`
     /// is given (the file's stem), the board's `name` must equal it.
@@ -77,7 +71,7 @@ impl Board {
         })?;
         let check = Checker { file };
 
-        check.ensure(is_identifier(&raw.name), "name", || {
+        check.ensure(is_valid_board_name(&raw.name), "name", || {
             format!("{:?} must be 1 to 32 characters of [a-z0-9_-]", raw.name)
         })?;
         if let Some(expected) = expected_name {

@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, anyhow};
-use boards::{Board, Catalog, EraseLayout, PartitionName};
+use boards::Catalog;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use firmware::image::{HeatshrinkParams, TransportImage, Version};
-use serde::Serialize;
 
+use crate::board_list::BoardView;
 use crate::fuse::{FuseRequest, fuse};
 use crate::summary::ImageSummary;
 use crate::{keys, verify};
@@ -132,12 +132,7 @@ pub struct BoardsArgs {
 
 fn parse_data(text: &str) -> Result<(String, String), String> {
     let (name, file) = text.split_once('=').ok_or("expected NAME=FILE")?;
-    let valid = (1..=16).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-        && name != "os"
-        && name != "app";
+    let valid = firmware::image::is_valid_data_name(name);
     if !valid {
         return Err(format!(
             "data name {name:?} must be 1 to 16 characters of [a-z0-9_-], not os or app"
@@ -279,77 +274,4 @@ fn read_image_file(path: &std::path::Path) -> Result<Vec<u8>> {
         ));
     }
     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
-}
-
-/// A board as `imager boards` shows it: the board file plus absolute addresses.
-#[derive(Serialize)]
-struct BoardView<'a> {
-    #[serde(flatten)]
-    board: &'a Board,
-    /// Address of the first byte of each partition.
-    partition_addresses: std::collections::BTreeMap<&'static str, u32>,
-    /// Where the first component of an image must be linked: slot A + header.
-    link_address: u32,
-}
-
-impl<'a> BoardView<'a> {
-    fn of(board: &'a Board) -> Self {
-        let partition_addresses = PartitionName::ALL
-            .iter()
-            .map(|p| (p.as_str(), board.address(board.partitions.get(*p).offset)))
-            .collect();
-        BoardView { board, partition_addresses, link_address: board.link_address() }
-    }
-
-    fn to_text(&self) -> String {
-        let b = self.board;
-        let size = |bytes: u32| {
-            if bytes.is_multiple_of(1024) {
-                format!("{} KiB", bytes / 1024)
-            } else {
-                format!("{bytes} B")
-            }
-        };
-        let erase = match &b.flash.erase {
-            EraseLayout::Uniform(unit) => format!("erase {}", size(*unit)),
-            EraseLayout::Sectors(runs) => format!(
-                "sectors {}",
-                runs.iter()
-                    .map(|r| format!("{}x{}", r.count, size(r.size)))
-                    .collect::<Vec<_>>()
-                    .join(" + ")
-            ),
-        };
-        let mut text = format!("{}  {}\n", b.name, b.description);
-        text += &format!(
-            "  chip {}, target {}{}\n",
-            b.chip,
-            b.target,
-            b.qemu_machine.as_ref().map(|m| format!(", qemu -M {m}")).unwrap_or_default()
-        );
-        text += &format!(
-            "  flash {:#010x}, {}, {erase}, write {} B, erased {:#04x}; ram {:#010x}, {}\n",
-            b.flash.base,
-            size(b.flash.size),
-            b.flash.write_unit,
-            b.flash.erased_value,
-            b.ram.base,
-            size(b.ram.size)
-        );
-        for p in PartitionName::ALL {
-            let part = b.partitions.get(p);
-            let start = b.address(part.offset);
-            text += &format!(
-                "  {:<10}  {start:#010x}..{:#010x}  {:>8}\n",
-                p.as_str(),
-                u64::from(start) + u64::from(part.size),
-                size(part.size)
-            );
-        }
-        text += &format!(
-            "  link the first component at {:#010x} (slot_a + {:#x} header)\n\n",
-            self.link_address, b.image.header_size
-        );
-        text
-    }
 }

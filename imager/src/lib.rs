@@ -8,6 +8,7 @@
 //! - [`verify`]: checking an image file against public keys and its board.
 //! - [`cli`]: argument parsing and output.
 
+mod board_list;
 pub mod cli;
 pub mod fuse;
 pub mod input;

@@ -104,7 +104,7 @@ impl Component {
         let name_ok = match self.role {
             Role::Os => self.name == "os",
             Role::App => self.name == "app",
-            Role::Data => is_identifier(&self.name) && self.name != "os" && self.name != "app",
+            Role::Data => is_valid_data_name(&self.name),
         };
         if !name_ok {
             return Err(ManifestError::ComponentName(self.name.clone()));
@@ -221,7 +221,7 @@ impl Manifest {
         if self.format != FORMAT_VERSION {
             return Err(ManifestError::FormatVersion(self.format));
         }
-        if !is_identifier(&self.board) {
+        if !is_valid_board_name(&self.board) {
             return Err(ManifestError::BoardName(self.board.clone()));
         }
         self.version.validate().map_err(ManifestError::Version)?;
@@ -300,12 +300,23 @@ impl Manifest {
     }
 }
 
-/// `[a-z0-9_-]{1,}`: board names and data component names.
+/// `[a-z0-9_-]{1,}`: the alphabet of board names and data component names.
 fn is_identifier(name: &str) -> bool {
     !name.is_empty()
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// Whether `name` may name a board: 1 to [`MAX_BOARD_LEN`] bytes of `[a-z0-9_-]`.
+pub fn is_valid_board_name(name: &str) -> bool {
+    name.len() <= MAX_BOARD_LEN && is_identifier(name)
+}
+
+/// Whether `name` may name a data component: 1 to [`MAX_NAME_LEN`] bytes of `[a-z0-9_-]`, and
+/// neither `os` nor `app`.
+pub fn is_valid_data_name(name: &str) -> bool {
+    name.len() <= MAX_NAME_LEN && is_identifier(name) && name != "os" && name != "app"
 }
 
 /// The first [`MAX_BOARD_LEN`] bytes of `name` (on a character boundary), for messages.

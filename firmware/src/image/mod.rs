@@ -31,10 +31,13 @@ pub use compression::compress;
 pub use compression::{Compression, HeatshrinkParams};
 #[cfg(feature = "std")]
 pub use encode::{ComponentSource, EncodeError, EncodedImage, ImageSpec, encode_image};
-pub use error::{ImageError, LayoutError, ManifestError};
+pub use error::{ImageError, KeyIds, LayoutError, ManifestError};
 pub use header::{Header, Prefix, SignatureRecord};
 pub use id::{ImageId, KeyId};
-pub use manifest::{Component, ComponentName, Manifest, Role, SlotLayout};
+pub use manifest::{
+    BoardName, Component, ComponentName, Manifest, Role, SlotLayout, is_valid_board_name,
+    is_valid_data_name,
+};
 pub use transport::{TransportImage, Verified};
 pub use trust::{TrustedKey, verify_signatures};
 pub use unpack::{UnpackError, Unpacker};
