@@ -212,3 +212,31 @@ impl Board {
             .collect()
     }
 }
+
+impl Board {
+    /// The layout the device code (boot logic, update agent) works with.
+    pub fn flash_layout(
+        &self,
+    ) -> Result<firmware::flash::FlashLayout, firmware::flash::LayoutProblem> {
+        use firmware::flash::{FlashLayout, Region, SectorRun};
+        let runs: Vec<SectorRun> = match &self.flash.erase {
+            EraseLayout::Uniform(size) => {
+                vec![SectorRun { size: *size, count: self.flash.size / size }]
+            }
+            EraseLayout::Sectors(runs) => {
+                runs.iter().map(|r| SectorRun { size: r.size, count: r.count }).collect()
+            }
+        };
+        let region = |p: Partition| Region { offset: p.offset, size: p.size };
+        FlashLayout::new(
+            self.flash.base,
+            &runs,
+            self.flash.write_unit,
+            self.flash.erased_value,
+            region(self.partitions.slot_a),
+            region(self.partitions.slot_b),
+            region(self.partitions.state),
+            self.image.header_size,
+        )
+    }
+}

@@ -6,6 +6,7 @@ use crate::board::{
     Board, EraseLayout, Flash, ImageSettings, PartitionName, Partitions, Ram, SectorRun,
 };
 use crate::error::BoardError;
+use firmware::flash::{LayoutProblem, Slot};
 use firmware::image::is_valid_board_name;
 
 #[derive(Deserialize)]
@@ -104,6 +105,7 @@ impl Board {
         };
         check_partitions(&check, &board)?;
         check_image(&check, &board)?;
+        check_device_layout(&check, &board)?;
         Ok(board)
     }
 }
@@ -216,6 +218,33 @@ fn check_partitions(check: &Checker<'_>, board: &Board) -> Result<(), BoardError
     check.ensure(parts.slot_b.size >= parts.slot_a.size, "partitions.slot_b.size", || {
         format!(
             "slot B ({:#x} bytes) cannot hold what slot A ({:#x} bytes) can",
+            parts.slot_b.size, parts.slot_a.size
+        )
+    })?;
+    Ok(())
+}
+
+/// What the device code needs on top of the file's own rules.
+fn check_device_layout(check: &Checker<'_>, board: &Board) -> Result<(), BoardError> {
+    let parts = &board.partitions;
+    // What the device code needs on top: a swap moves an image through slot B one erase unit
+    // further on, so slot B needs one unit more than slot A, in units of matching sizes.
+    let layout = board.flash_layout().map_err(|problem| BoardError::Invalid {
+        file: check.file.into(),
+        field: match problem {
+            LayoutProblem::StateUnits => "partitions.state.size",
+            LayoutProblem::Header => "image.header_size",
+            LayoutProblem::WriteUnit => "flash.write_unit",
+            _ => "partitions",
+        }
+        .into(),
+        message: problem.to_string(),
+    })?;
+    let a_units = layout.unit_count(layout.slot(Slot::A));
+    check.ensure(layout.swap_room(a_units).is_some(), "partitions.slot_b.size", || {
+        format!(
+            "slot B ({:#x} bytes) cannot hold what slot A ({:#x} bytes) can plus the erase unit \
+             of room a swap needs",
             parts.slot_b.size, parts.slot_a.size
         )
     })?;

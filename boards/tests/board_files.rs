@@ -78,7 +78,7 @@ fn shipped_boards_match_their_datasheets() {
 #[test]
 fn broken_partitions_are_refused_naming_the_field() {
     refuse(
-        &edit(MICROBIT, "slot_b     = { offset = 0x2_7000", "slot_b     = { offset = 0x2_6000"),
+        &edit(MICROBIT, "slot_b     = { offset = 0x2_6C00", "slot_b     = { offset = 0x2_6800"),
         "partitions.slot_b",
         "overlaps partitions.slot_a",
     );
@@ -92,14 +92,22 @@ fn broken_partitions_are_refused_naming_the_field() {
         "partitions.slot_a.offset",
         "not on an erase boundary (nearest: 0x10000 or 0x10400)",
     );
+    let slot_b = "slot_b     = { offset = 0x2_6C00, size = 0x1_7400 }";
     refuse(
-        &edit(
-            MICROBIT,
-            "slot_b     = { offset = 0x2_7000, size = 0x1_7000 }",
-            "slot_b     = { offset = 0x2_7000, size = 0x1_6000 }",
-        ),
+        &edit(MICROBIT, slot_b, "slot_b     = { offset = 0x2_6C00, size = 0x1_6800 }"),
         "partitions.slot_b.size",
         "cannot hold what slot A",
+    );
+    // As large as slot A is not enough: the swap needs one more erase unit.
+    refuse(
+        &edit(MICROBIT, slot_b, "slot_b     = { offset = 0x2_6C00, size = 0x1_6C00 }"),
+        "partitions.slot_b.size",
+        "plus the erase unit of room a swap needs",
+    );
+    refuse(
+        &edit(MICROBIT, "size = 0x2000 }", "size = 0x400 }"),
+        "partitions.state.size",
+        "two erase units",
     );
     refuse(
         &edit(
@@ -145,6 +153,7 @@ fn broken_geometry_is_refused_naming_the_field() {
         "0xFF or 0x00",
     );
     refuse(&edit(MICROBIT, "write_unit = 4", "write_unit = 3"), "flash.write_unit", "power of two");
+    refuse(&edit(MICROBIT, "write_unit = 4", "write_unit = 512"), "flash.write_unit", "256 bytes");
     refuse(
         &edit(MICROBIT, "erase_size = 0x400", "erase_size = 0x300"),
         "flash.erase_size",

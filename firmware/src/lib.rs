@@ -13,4 +13,11 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod boot;
+pub mod flash;
 pub mod image;
+#[cfg(feature = "sim")]
+pub mod sim;
+pub mod slot;
+pub mod state;
+pub mod update;

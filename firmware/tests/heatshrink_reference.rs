@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use firmware::image::{
-    Component, ComponentName, Compression, HeatshrinkParams, Role, Unpacker, compress,
+    Component, ComponentName, Compression, HeatshrinkParams, MAX_WINDOW, Role, Unpacker, compress,
 };
 
 fn vectors() -> PathBuf {
@@ -26,7 +26,8 @@ fn unpack(params: HeatshrinkParams, stream: &[u8], original: &[u8]) -> Vec<u8> {
         Compression::Heatshrink(params),
         stream.len() as u32,
     );
-    let mut unpacker = Unpacker::new(&component);
+    let mut window = [0u8; MAX_WINDOW];
+    let mut unpacker = Unpacker::new(&component, &mut window).unwrap();
     let mut out = Vec::new();
     for chunk in stream.chunks(7) {
         unpacker

@@ -4,8 +4,8 @@
 use ed25519_dalek::SigningKey;
 use firmware::image::{
     ComponentSource, Compression, EncodedImage, HeatshrinkParams, ImageError, ImageSpec,
-    ManifestError, Prefix, Role, SlotLayout, TransportImage, TrustedKey, UnpackError, Unpacker,
-    Version, encode_image,
+    MAX_WINDOW, ManifestError, Prefix, Role, SlotLayout, TransportImage, TrustedKey, UnpackError,
+    Unpacker, Version, encode_image,
 };
 
 /// A tiny deterministic generator, so failures reproduce.
@@ -110,7 +110,8 @@ fn decoding_does_not_depend_on_chunk_sizes() {
         let sources = spec(None).components;
         let original = &sources.iter().find(|s| s.name == component.name().as_str()).unwrap().bytes;
         for round in 0..20 {
-            let mut unpacker = Unpacker::new(component);
+            let mut window = [0u8; MAX_WINDOW];
+            let mut unpacker = Unpacker::new(component, &mut window).unwrap();
             let mut out = Vec::new();
             let mut rest = payload;
             while !rest.is_empty() {
@@ -229,14 +230,16 @@ fn corrupt_streams_never_panic() {
     let mut rng = Rng(1234);
     for _ in 0..300 {
         let garbage: Vec<u8> = (0..os.stored_size()).map(|_| rng.next() as u8).collect();
-        let mut unpacker = Unpacker::new(&os);
+        let mut window = [0u8; MAX_WINDOW];
+        let mut unpacker = Unpacker::new(&os, &mut window).unwrap();
         let fed = unpacker.feed(&garbage, &mut |_: &[u8]| Ok::<(), ()>(()));
         if fed.is_ok() {
             assert!(unpacker.finish().is_err());
         }
     }
     // Feeding more than the stored size is refused.
-    let mut unpacker = Unpacker::new(&os);
+    let mut window = [0u8; MAX_WINDOW];
+    let mut unpacker = Unpacker::new(&os, &mut window).unwrap();
     let too_much = vec![0u8; os.stored_size() as usize + 1];
     assert!(unpacker.feed(&too_much, &mut |_: &[u8]| Ok::<(), ()>(())).is_err());
 }
@@ -259,7 +262,8 @@ fn random_streams_with_every_pair_never_panic() {
             Compression::Heatshrink(params),
             stream.len() as u32,
         );
-        let mut unpacker = Unpacker::new(&component);
+        let mut window = [0u8; MAX_WINDOW];
+        let mut unpacker = Unpacker::new(&component, &mut window).unwrap();
         let mut rest = &stream[..];
         let mut failed = false;
         while !rest.is_empty() && !failed {
@@ -332,12 +336,14 @@ fn unpack_errors_are_specific() {
     let image = build(None);
     let parsed = TransportImage::parse(&image.bytes).unwrap();
     let (os, _, payload) = parsed.payloads().next().unwrap();
-    let mut unpacker = Unpacker::new(os);
+    let mut window = [0u8; MAX_WINDOW];
+    let mut unpacker = Unpacker::new(os, &mut window).unwrap();
     unpacker.feed(&payload[..10], &mut |_: &[u8]| Ok::<(), ()>(())).unwrap();
     assert!(matches!(unpacker.finish(), Err(UnpackError::StoredSize { given: 10, .. })));
     let mut changed = payload.to_vec();
     changed[0] ^= 1;
-    let mut unpacker = Unpacker::new(os);
+    let mut window = [0u8; MAX_WINDOW];
+    let mut unpacker = Unpacker::new(os, &mut window).unwrap();
     unpacker.feed(&changed, &mut |_: &[u8]| Ok::<(), ()>(())).unwrap();
     assert!(matches!(unpacker.finish(), Err(UnpackError::HashMismatch { .. })));
     let _ = Version::new(0, 0, 0);

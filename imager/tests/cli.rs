@@ -305,7 +305,7 @@ fn firmware_outside_slot_a_is_refused() {
         &out,
     ]);
     assert!(err.contains("component app") && err.contains("outside.elf"), "{err}");
-    assert!(err.contains("0x00008000..") && err.contains("0x00010400..0x00027000"), "{err}");
+    assert!(err.contains("0x00008000..") && err.contains("0x00010400..0x00026c00"), "{err}");
     assert!(!Path::new(&out).exists(), "nothing written");
 
     // An ELF for one board does not fit another.
@@ -491,7 +491,7 @@ fn boards_lists_partitions_and_link_addresses() {
     assert_eq!(names, BOARDS);
     let microbit = board_json("microbit");
     assert_eq!(microbit["link_address"], 0x10400);
-    assert_eq!(microbit["partitions"]["slot_a"]["size"], 0x17000);
+    assert_eq!(microbit["partitions"]["slot_a"]["size"], 0x16C00);
     assert_eq!(microbit["flash"]["erase"]["uniform"], 1024);
     let f411 = board_json("nucleo-f411re");
     assert_eq!(f411["flash"]["erase"]["sectors"][2]["size"], 0x20000);

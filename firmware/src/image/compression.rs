@@ -1,18 +1,15 @@
 //! How a component travels in the transport file: raw, or as a heatshrink stream.
 //!
-//! heatshrink's window (`W`) and lookahead (`L`) are compile-time parameters of its decoder,
-//! so a device can decode exactly the pairs compiled in: [`HeatshrinkParams::SUPPORTED`].
-//! The decoder's RAM is its window, `2^W` bytes, plus a small input buffer; the largest pair
-//! listed here costs 4 KiB. The list is kept short because every pair adds a decoder to the
-//! device code.
+//! A device decodes the window/lookahead pairs in [`HeatshrinkParams::SUPPORTED`]; the decoder
+//! (`super::heatshrink`) needs a window of `2^window` bytes, at most [`MAX_WINDOW`]. Encoding
+//! (hosts only) uses the `heatshrink-lib` crate, whose output is byte for byte the reference C
+//! encoder's.
 
 use core::fmt;
-use heatshrink::decoder::HeatshrinkDecoder;
-use heatshrink::{Poll, SinkError};
 use serde::{Deserialize, Serialize};
 
-/// Bytes of compressed input the decoder buffers at a time.
-const DECODER_INPUT: usize = 32;
+/// The largest window of any supported pair, in bytes: the window buffer a device reserves.
+pub const MAX_WINDOW: usize = 1 << 12;
 
 /// Window and lookahead (both as powers of two) of a heatshrink stream.
 ///
@@ -74,10 +71,10 @@ impl HeatshrinkParams {
         self.pair.lookahead()
     }
 
-    /// Decoder RAM for this pair, in bytes: window, input buffer, and up to 48 bytes of state
-    /// (about 20 on a 32-bit device, 40 on a 64-bit host).
+    /// Decoder RAM for this pair, in bytes: the window plus the decoder's state (under 32
+    /// bytes on a 32-bit device).
     pub fn decoder_ram(self) -> usize {
-        (1usize << self.window()) + DECODER_INPUT + 48
+        (1usize << self.window()) + 32
     }
 }
 
@@ -94,11 +91,7 @@ impl From<HeatshrinkParams> for (u8, u8) {
     }
 }
 
-/// Why a heatshrink stream could not be decoded.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) struct StreamError;
-
-/// Declares the supported pairs once; generates the list, the decoder and the encoder for them.
+/// Declares the supported pairs once; generates the list and the encoder dispatch for them.
 macro_rules! supported_params {
     ($($variant:ident = ($w:literal, $l:literal)),+ $(,)?) => {
         /// The supported pairs, one variant each, so an unsupported pair cannot exist.
@@ -122,31 +115,6 @@ macro_rules! supported_params {
             pub const SUPPORTED: &[HeatshrinkParams] = &[$(HeatshrinkParams { pair: Pair::$variant }),+];
         }
 
-        /// A heatshrink decoder for one supported pair.
-        ///
-        /// Sized for the largest pair on purpose: the device reserves one fixed budget for
-        /// whichever stream arrives, and there is no heap to box into.
-        #[allow(clippy::large_enum_variant)]
-        pub(crate) enum Decoder {
-            $($variant(HeatshrinkDecoder<$w, $l, DECODER_INPUT, { 1 << $w }>)),+
-        }
-
-        impl Decoder {
-            pub(crate) fn new(params: HeatshrinkParams) -> Self {
-                match params.pair {
-                    $(Pair::$variant => Decoder::$variant(HeatshrinkDecoder::new())),+
-                }
-            }
-
-            fn sink(&mut self, input: &[u8]) -> Result<usize, SinkError> {
-                match self { $(Decoder::$variant(d) => d.sink(input)),+ }
-            }
-
-            fn poll(&mut self, out: &mut [u8]) -> Result<Poll, heatshrink::PollError> {
-                match self { $(Decoder::$variant(d) => d.poll(out)),+ }
-            }
-        }
-
         /// Compresses `data` as one heatshrink stream with `params`.
         #[cfg(feature = "std")]
         pub fn compress(params: HeatshrinkParams, data: &[u8]) -> alloc::vec::Vec<u8> {
@@ -164,49 +132,10 @@ supported_params! {
     W12L5 = (12, 5),
 }
 
-impl Decoder {
-    /// Decodes `input`, handing every decoded byte to `out` in chunks.
-    ///
-    /// `out` returning an error stops decoding and passes that error on.
-    pub(crate) fn feed<E>(
-        &mut self,
-        mut input: &[u8],
-        out: &mut impl FnMut(&[u8]) -> Result<(), E>,
-    ) -> Result<(), Result<E, StreamError>> {
-        let mut buf = [0u8; 128];
-        while !input.is_empty() {
-            // Never sink an empty slice: the decoder reads its buffer as if a byte arrived.
-            let taken = match self.sink(input) {
-                Ok(n) => n,
-                Err(_) => return Err(Err(StreamError)),
-            };
-            input = &input[taken..];
-            loop {
-                let (n, more) = match self.poll(&mut buf) {
-                    Ok(Poll::More(n)) => (n, true),
-                    Ok(Poll::Empty(n)) => (n, false),
-                    Err(_) => return Err(Err(StreamError)),
-                };
-                if n > 0 {
-                    out(&buf[..n]).map_err(Ok)?;
-                }
-                if !more {
-                    break;
-                }
-            }
-            if taken == 0 {
-                // The decoder refused input right after draining everything: it cannot make
-                // progress, which no valid stream causes. Stop rather than spin.
-                return Err(Err(StreamError));
-            }
-        }
-        Ok(())
-    }
-}
-
 #[cfg(feature = "std")]
 fn encode<const W: usize, const L: usize, const BUF: usize>(data: &[u8]) -> alloc::vec::Vec<u8> {
     use heatshrink::encoder::HeatshrinkEncoder;
+    use heatshrink::{Poll, SinkError};
     let mut encoder = alloc::boxed::Box::new(HeatshrinkEncoder::<W, L, BUF>::new());
     let mut out = alloc::vec::Vec::with_capacity(data.len() / 2 + 64);
     let mut buf = [0u8; 4096];
@@ -240,16 +169,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stated_decoder_ram_covers_the_real_decoder() {
-        let largest = HeatshrinkParams::SUPPORTED.iter().map(|p| p.decoder_ram()).max().unwrap();
-        // The enum adds at most a word for its tag.
-        assert!(
-            core::mem::size_of::<Decoder>() <= largest + 8,
-            "{}",
-            core::mem::size_of::<Decoder>()
-        );
-        let small = HeatshrinkDecoder::<8, 4, DECODER_INPUT, 256>::new();
-        assert!(core::mem::size_of_val(&small) <= HeatshrinkParams::SUPPORTED[0].decoder_ram());
+    fn max_window_covers_every_pair() {
+        assert!(HeatshrinkParams::SUPPORTED.iter().all(|p| 1usize << p.window() <= MAX_WINDOW));
+        assert!(HeatshrinkParams::SUPPORTED.iter().any(|p| 1usize << p.window() == MAX_WINDOW));
     }
 
     #[test]

@@ -143,3 +143,40 @@ pub fn encode_image(spec: &ImageSpec, keys: &[SigningKey]) -> Result<EncodedImag
     }
     Ok(EncodedImage { bytes, id: ImageId::of_manifest(&manifest_bytes), manifest, header_len })
 }
+
+/// The installed form of a transport image, as slot A holds it: the header at offset 0, each
+/// component decoded at its load address (relative to `slot_start`), `erased` in between. The
+/// result ends at the image's last byte.
+pub fn installed_form(file: &[u8], slot_start: u32, erased: u8) -> Result<Vec<u8>, ImageError> {
+    let image = super::TransportImage::parse(file)?;
+    let header = image.header();
+    let end = header
+        .manifest()
+        .components()
+        .iter()
+        .map(|c| c.end_address().saturating_sub(u64::from(slot_start)) as usize)
+        .fold(header.len(), usize::max);
+    let mut out = alloc::vec![erased; end];
+    out[..header.len()].copy_from_slice(&file[..header.len()]);
+    for (component, _, payload) in image.payloads() {
+        let fail = |error| ImageError::Component { name: component.name().clone(), error };
+        let start = component.load_address().checked_sub(slot_start).ok_or_else(|| {
+            fail(super::UnpackError::TooShort { produced: 0, size: component.size() })
+        })? as usize;
+        let mut window = alloc::vec![0u8; super::MAX_WINDOW];
+        let mut unpacker = super::Unpacker::new(component, &mut window).map_err(fail)?;
+        let mut at = start;
+        unpacker
+            .feed(payload, &mut |bytes: &[u8]| {
+                out[at..at + bytes.len()].copy_from_slice(bytes);
+                at += bytes.len();
+                Ok::<(), core::convert::Infallible>(())
+            })
+            .map_err(|e| match e {
+                super::FeedError::Unpack(error) => fail(error),
+                super::FeedError::Output(never) => match never {},
+            })?;
+        unpacker.finish().map_err(fail)?;
+    }
+    Ok(out)
+}

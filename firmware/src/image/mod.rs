@@ -19,8 +19,10 @@ mod compression;
 mod encode;
 mod error;
 mod header;
+pub mod heatshrink;
 mod id;
 mod manifest;
+mod release;
 mod transport;
 mod trust;
 mod unpack;
@@ -28,19 +30,25 @@ mod version;
 
 #[cfg(feature = "std")]
 pub use compression::compress;
-pub use compression::{Compression, HeatshrinkParams};
+pub use compression::{Compression, HeatshrinkParams, MAX_WINDOW};
 #[cfg(feature = "std")]
-pub use encode::{ComponentSource, EncodeError, EncodedImage, ImageSpec, encode_image};
+pub use encode::{
+    ComponentSource, EncodeError, EncodedImage, ImageSpec, encode_image, installed_form,
+};
 pub use error::{ImageError, KeyIds, LayoutError, ManifestError};
 pub use header::{Header, Prefix, SignatureRecord};
-pub use id::{ImageId, KeyId};
+pub use id::{ImageId, KeyId, Sha256Digest};
 pub use manifest::{
     BoardName, Component, ComponentName, Manifest, Role, SlotLayout, is_valid_board_name,
     is_valid_data_name,
 };
+pub use release::{
+    EnvironmentName, MAX_ENVIRONMENT_LEN, RELEASE_CONTEXT, ReleaseError, ReleaseStatement,
+    SignedRelease,
+};
 pub use transport::{TransportImage, Verified};
 pub use trust::{TrustedKey, verify_signatures};
-pub use unpack::{UnpackError, Unpacker};
+pub use unpack::{FeedError, Progress, UnpackError, Unpacker};
 pub use version::{Version, VersionError};
 
 /// The four bytes every image header starts with.

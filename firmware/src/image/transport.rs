@@ -5,7 +5,7 @@ use core::convert::Infallible;
 use super::error::ImageError;
 use super::trust::verify_signatures;
 use super::unpack::FeedError;
-use super::{Component, Header, ImageId, KeyId, TrustedKey, Unpacker};
+use super::{Component, Header, ImageId, KeyId, MAX_WINDOW, TrustedKey, Unpacker};
 
 /// A transport image whose header parses and whose length matches its manifest exactly.
 /// Nothing is verified yet: see [`TransportImage::verify`].
@@ -67,7 +67,8 @@ impl<'a> TransportImage<'a> {
     pub fn check_components(&self) -> Result<(), ImageError> {
         for (component, _, payload) in self.payloads() {
             let fail = |error| ImageError::Component { name: component.name().clone(), error };
-            let mut unpacker = Unpacker::new(component);
+            let mut window = [0u8; MAX_WINDOW];
+            let mut unpacker = Unpacker::new(component, &mut window).map_err(fail)?;
             unpacker.feed(payload, &mut |_: &[u8]| Ok::<(), Infallible>(())).map_err(|err| {
                 match err {
                     FeedError::Unpack(error) => fail(error),

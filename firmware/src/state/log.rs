@@ -1,0 +1,322 @@
+//! The state log on flash.
+//!
+//! The state partition is a ring of at least two erase units. The current unit is the one whose
+//! first slot holds the highest valid `UnitStart`; its records, replayed in order, give the
+//! state. Records are appended in 32-byte slots; a slot whose checksum fails was torn by a power
+//! cut and is skipped; the first erased slot ends the log. A `Pending` or `MoreMarkers` record is
+//! followed by an area of write units, each programmed once (a "marker") as the swap
+//! progresses: the number of complete markers is the progress.
+//!
+//! When a unit is full, the state is written afresh into the next unit (after erasing it), and
+//! only then that unit's `UnitStart`: a cut at any point leaves either the old unit current,
+//! or the new one complete. A unit is erased only when the log moves into it.
+
+use embedded_storage::nor_flash::NorFlash;
+
+use super::record::{Record, SLOT};
+use super::{Phase, State};
+use crate::flash::io::{self, FlashError};
+use crate::flash::{FlashLayout, Region};
+
+/// Spare markers added to every marker area, for markers torn by power cuts.
+const SPARE_MARKERS: u16 = 4;
+
+/// The state log failed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, thiserror::Error)]
+pub enum StateError {
+    /// A flash operation failed.
+    #[error("{0}")]
+    Flash(#[from] FlashError),
+    /// A record with its marker area does not fit an empty log unit.
+    #[error("a state record does not fit a state partition erase unit")]
+    UnitTooSmall,
+    /// A marker was set with no swap in progress (a logic error).
+    #[error("no swap is in progress")]
+    NoSwap,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct MarkerArea {
+    next: u32,
+    end: u32,
+}
+
+/// The state log: the durable state, and where the next record goes.
+pub struct StateLog<'l> {
+    layout: &'l FlashLayout,
+    unit_index: u32,
+    unit: Region,
+    sequence: u32,
+    next: u32,
+    markers: Option<MarkerArea>,
+    state: State,
+}
+
+impl<'l> StateLog<'l> {
+    /// Reads the log and replays it. A partition without any valid unit (a new device) is
+    /// initialized to the empty state.
+    pub fn open<F: NorFlash>(flash: &mut F, layout: &'l FlashLayout) -> Result<Self, StateError> {
+        let region = layout.state();
+        let mut current: Option<(u32, u32)> = None;
+        for index in 0..layout.unit_count(region) {
+            let unit = unit(layout, index);
+            if let Some(Record::UnitStart { sequence }) = read_record(flash, unit.offset)?
+                && current.is_none_or(|(best, _)| sequence > best)
+            {
+                current = Some((sequence, index));
+            }
+        }
+        let Some((sequence, unit_index)) = current else {
+            let mut log = StateLog {
+                layout,
+                unit_index: layout.unit_count(region) - 1,
+                unit: unit(layout, layout.unit_count(region) - 1),
+                sequence: 0,
+                next: 0,
+                markers: None,
+                state: State::default(),
+            };
+            log.move_to_next_unit(flash, 0)?;
+            return Ok(log);
+        };
+        let mut log = StateLog {
+            layout,
+            unit_index,
+            unit: unit(layout, unit_index),
+            sequence,
+            next: 0,
+            markers: None,
+            state: State::default(),
+        };
+        log.replay(flash)?;
+        Ok(log)
+    }
+
+    /// The current state.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Bytes left in the current log unit.
+    pub fn free(&self) -> u32 {
+        self.unit.end().saturating_sub(self.next)
+    }
+
+    fn slot(&self) -> u32 {
+        slot_size(self.layout)
+    }
+
+    fn replay<F: NorFlash>(&mut self, flash: &mut F) -> Result<(), StateError> {
+        let slot = self.slot();
+        let mut at = self.unit.offset + slot;
+        while at + slot <= self.unit.end() {
+            if io::is_erased(flash, Region { offset: at, size: slot }, self.layout.erased())? {
+                break;
+            }
+            let Some(record) = read_record(flash, at)? else {
+                at += slot; // torn: skip it
+                continue;
+            };
+            self.state.apply(&record);
+            at += slot;
+            let area = u32::from(record.marker_units()) * self.layout.write_unit();
+            if area > 0 {
+                let end = (at + area).min(self.unit.end());
+                let (count, next) = self.scan_markers(flash, at, end)?;
+                self.state.add_markers(count);
+                self.markers = Some(MarkerArea { next, end });
+                at = round_up(end - self.unit.offset, slot) + self.unit.offset;
+            }
+            if !matches!(self.state.phase, Phase::Swapping { .. }) {
+                self.markers = None;
+            }
+        }
+        self.next = at;
+        Ok(())
+    }
+
+    /// Counts complete markers in `[start, end)` and finds where the next one goes.
+    fn scan_markers<F: NorFlash>(
+        &self,
+        flash: &mut F,
+        start: u32,
+        end: u32,
+    ) -> Result<(u16, u32), StateError> {
+        let wu = self.layout.write_unit();
+        let pattern = !self.layout.erased();
+        let (mut count, mut next) = (0u16, start);
+        let mut buf = [0u8; io::CHUNK];
+        let mut at = start;
+        while at < end {
+            let unit = &mut buf[..wu as usize];
+            io::read(flash, at, unit)?;
+            if unit.iter().all(|&b| b == pattern) {
+                count += 1;
+            }
+            if unit.iter().any(|&b| b != self.layout.erased()) {
+                next = at + wu;
+            }
+            at += wu;
+        }
+        Ok((count, next))
+    }
+
+    /// Appends `record` and applies it to the state. Moves to the next unit first if this one
+    /// has no room.
+    pub fn append<F: NorFlash>(&mut self, flash: &mut F, record: Record) -> Result<(), StateError> {
+        let need = self.footprint(&record);
+        if self.next + need > self.unit.end() {
+            self.move_to_next_unit(flash, need)?;
+        }
+        self.write_record(flash, record)
+    }
+
+    fn footprint(&self, record: &Record) -> u32 {
+        let area = u32::from(record.marker_units()) * self.layout.write_unit();
+        self.slot() + round_up(area, self.slot())
+    }
+
+    /// Writes `record` at `next` (the room was checked), applies it, reserves its marker area.
+    fn write_record<F: NorFlash>(
+        &mut self,
+        flash: &mut F,
+        record: Record,
+    ) -> Result<(), StateError> {
+        let at = self.next;
+        let mut slot = [self.layout.erased(); io::CHUNK];
+        let bytes = &mut slot[..self.slot() as usize];
+        bytes[..SLOT].copy_from_slice(&record.encode());
+        let wu = self.layout.write_unit() as usize;
+        io::program(flash, at, bytes, wu, self.layout.erased())?;
+        self.next = at + self.footprint(&record);
+        self.state.apply(&record);
+        let area = u32::from(record.marker_units()) * self.layout.write_unit();
+        self.markers =
+            (area > 0).then(|| MarkerArea { next: at + self.slot(), end: at + self.slot() + area });
+        Ok(())
+    }
+
+    /// Records one more step of swap progress.
+    pub fn set_marker<F: NorFlash>(&mut self, flash: &mut F) -> Result<(), StateError> {
+        let Phase::Swapping { pending, done } = self.state.phase else {
+            return Err(StateError::NoSwap);
+        };
+        if self.markers.is_none_or(|m| m.next >= m.end) {
+            let remaining = marker_count(&pending).saturating_sub(done);
+            self.append(flash, Record::MoreMarkers { done, markers: remaining + SPARE_MARKERS })?;
+        }
+        let Some(area) = self.markers.as_mut() else { return Err(StateError::NoSwap) };
+        let at = area.next;
+        area.next += self.layout.write_unit();
+        let pattern = [!self.layout.erased(); io::CHUNK];
+        let wu = self.layout.write_unit() as usize;
+        io::program(flash, at, &pattern[..wu], wu, self.layout.erased())?;
+        self.state.add_markers(1);
+        Ok(())
+    }
+
+    /// Starts the next unit: erase it, write the current state as fresh records, then its
+    /// `UnitStart`. Makes sure `need` more bytes fit after the snapshot.
+    fn move_to_next_unit<F: NorFlash>(
+        &mut self,
+        flash: &mut F,
+        need: u32,
+    ) -> Result<(), StateError> {
+        let count = self.layout.unit_count(self.layout.state());
+        let index = (self.unit_index + 1) % count;
+        let target = unit(self.layout, index);
+        if !io::is_erased(flash, target, self.layout.erased())? {
+            io::erase(flash, target)?;
+        }
+        let snapshot = snapshot(&self.state);
+        let old = core::mem::take(&mut self.state);
+        self.unit = target;
+        self.unit_index = index;
+        self.next = target.offset + self.slot();
+        self.markers = None;
+        for record in snapshot.iter().flatten() {
+            if self.next + self.footprint(record) > target.end() {
+                return Err(StateError::UnitTooSmall);
+            }
+            self.write_record(flash, *record)?;
+        }
+        if let Phase::Trial { boots, .. } = old.phase {
+            for _ in 1..boots {
+                self.write_record(flash, Record::TrialBoot)?;
+            }
+        }
+        if self.next + need > target.end() {
+            return Err(StateError::UnitTooSmall);
+        }
+        self.sequence = self.sequence.wrapping_add(1);
+        let mut first = [self.layout.erased(); io::CHUNK];
+        first[..SLOT].copy_from_slice(&Record::UnitStart { sequence: self.sequence }.encode());
+        let wu = self.layout.write_unit() as usize;
+        io::program(
+            flash,
+            target.offset,
+            &first[..self.slot() as usize],
+            wu,
+            self.layout.erased(),
+        )?;
+        Ok(())
+    }
+}
+
+/// Size of the marker area a new `Pending` record reserves: what the swap needs, plus spares.
+pub fn marker_area(p: &super::Pending) -> u16 {
+    marker_count(p) + SPARE_MARKERS
+}
+
+/// Markers a whole swap needs: one per group, or two when the shift is under two groups.
+pub fn marker_count(p: &super::Pending) -> u16 {
+    let group = u16::from(p.group.max(1));
+    let groups = p.new_units.div_ceil(group);
+    if u16::from(p.shift) >= 2 * group { groups } else { 2 * groups }
+}
+
+/// Records that rebuild `state` in an empty unit (trial boots past the first are added after).
+fn snapshot(state: &State) -> [Option<Record>; 4] {
+    let base = Record::Base {
+        min_security_counter: state.min_security_counter,
+        release_sequence: state.release_sequence,
+    };
+    let outcome = state.outcome.map(Record::Outcome);
+    let (phase, extra) = match state.phase {
+        Phase::Idle => (None, None),
+        Phase::Downloading { download, checkpoint } => {
+            (Some(Record::Download(download)), checkpoint.map(Record::Checkpoint))
+        }
+        Phase::Swapping { pending, done } => {
+            let remaining = marker_count(&pending).saturating_sub(done);
+            let markers = remaining + SPARE_MARKERS;
+            (Some(Record::Pending(super::Pending { done, markers, ..pending })), None)
+        }
+        Phase::Trial { image, boots_allowed, units, .. } => {
+            (Some(Record::TrialStart { image, boots_allowed, units }), None)
+        }
+        Phase::Reverting { reason, units, image } => {
+            (Some(Record::RevertBegin { reason, units, image }), None)
+        }
+    };
+    [Some(base), outcome, phase, extra]
+}
+
+fn unit(layout: &FlashLayout, index: u32) -> Region {
+    // `index` is below the state partition's unit count.
+    layout.unit(layout.state(), index).unwrap_or(layout.state())
+}
+
+fn slot_size(layout: &FlashLayout) -> u32 {
+    round_up(SLOT as u32, layout.write_unit())
+}
+
+fn round_up(value: u32, to: u32) -> u32 {
+    value.div_ceil(to) * to
+}
+
+fn read_record<F: NorFlash>(flash: &mut F, at: u32) -> Result<Option<Record>, StateError> {
+    let mut slot = [0u8; SLOT];
+    io::read(flash, at, &mut slot)?;
+    Ok(Record::decode(&slot))
+}

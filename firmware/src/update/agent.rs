@@ -1,0 +1,601 @@
+//! The update agent: fed a signed release statement and then the `.fwi` bytes in chunks of any
+//! size, as they arrive. It checks everything it can before writing anything (the release's
+//! environment key, environment and sequence; the image's board, build-key signature, id and
+//! security counter, and whether it fits), then decodes each component as it streams in, writes
+//! its installed form into slot B and hashes it, and at the end reads the whole image back from
+//! slot B and checks it before marking it pending for the boot logic.
+//!
+//! A download survives resets: at erase-unit boundaries (every `checkpoint_every` bytes) it
+//! records a checkpoint with the decoder's state. [`Agent::begin`] with the same release after
+//! a reset continues from the last checkpoint and says from which transport offset to send.
+
+use embedded_storage::nor_flash::NorFlash;
+use sha2::{Digest, Sha256};
+
+use super::writer::SlotWriter;
+use crate::flash::io::{CHUNK, FlashError};
+use crate::flash::{FlashLayout, Slot};
+use crate::image::heatshrink::{Decoder, DecoderState};
+use crate::image::{
+    Compression, Header, ImageError, ImageId, LayoutError, MAX_HEADER_LEN, MAX_WINDOW, Manifest,
+    Prefix, Progress, ReleaseError, SignedRelease, TrustedKey, UnpackError, Unpacker,
+    verify_signatures,
+};
+use crate::slot::{self, Place, SlotError};
+use crate::state::{
+    Checkpoint, Download, FailReason, ImageTag, Outcome, OutcomeKind, Pending, Phase, Record,
+    State, StateError, StateLog, marker_area,
+};
+
+/// What the agent accepts.
+#[derive(Clone, Copy, Debug)]
+pub struct AgentConfig<'a> {
+    /// This device's board name.
+    pub board: &'a str,
+    /// Build keys images must be signed by.
+    pub build_keys: &'a [TrustedKey],
+    /// This device's environment.
+    pub environment: &'a str,
+    /// Keys the environment's release statements are signed by.
+    pub environment_keys: &'a [TrustedKey],
+    /// Installed bytes between download checkpoints (rounded up to erase units).
+    pub checkpoint_every: u32,
+}
+
+/// An offer refused before anything was written: slot B, slot A and the state log are as
+/// they were.
+#[derive(Clone, PartialEq, Eq, Debug, thiserror::Error)]
+pub enum Refusal {
+    /// The release statement is bad, for another environment, or not newer than the last.
+    #[error("release: {0}")]
+    Release(#[from] ReleaseError),
+    /// The image header is bad, or not signed by a trusted build key.
+    #[error("image: {0}")]
+    Image(#[from] ImageError),
+    /// The image is for another board.
+    #[error("image is for board {image:?}, this device is {device:?}")]
+    WrongBoard {
+        /// Board in the image.
+        image: crate::image::BoardName,
+        /// This device's board.
+        device: crate::image::BoardName,
+    },
+    /// The image is not the one the release names.
+    #[error("image {got} is not the released image {released}")]
+    WrongImage {
+        /// The image streamed.
+        got: ImageId,
+        /// The image the release names.
+        released: ImageId,
+    },
+    /// The image's security counter is below the device's minimum.
+    #[error("security counter {counter} is below this device's minimum {min}")]
+    Rollback {
+        /// The image's counter.
+        counter: u32,
+        /// The device's minimum.
+        min: u32,
+    },
+    /// The image does not fit slot A, or slot B with room for the swap.
+    #[error("image too large: {0}")]
+    TooLarge(LayoutError),
+    /// The image does not leave slot B the room the swap needs.
+    #[error("image of {units} erase units does not fit slot B with the room a swap needs")]
+    NoRoomInSlotB {
+        /// Erase units the image needs.
+        units: u32,
+    },
+    /// An image runs on trial; it must confirm (or be reverted) first.
+    #[error("the running image is on trial: confirm it first")]
+    Busy,
+}
+
+/// Why an update step failed.
+#[derive(Clone, PartialEq, Eq, Debug, thiserror::Error)]
+pub enum UpdateError {
+    /// Refused before writing anything.
+    #[error("refused: {0}")]
+    Refused(#[from] Refusal),
+    /// The stream turned out corrupt after writing began; the download is abandoned (and the
+    /// outcome recorded). Slot A is untouched.
+    #[error("corrupt image stream: {0}")]
+    Corrupt(ImageError),
+    /// `finish` before every byte arrived; the download can continue.
+    #[error("incomplete: {received} of {expected} bytes received")]
+    Incomplete {
+        /// Transport bytes received.
+        received: u32,
+        /// Transport bytes expected (0 until the header arrived).
+        expected: u32,
+    },
+    /// More bytes than the image has.
+    #[error("bytes after the end of the image")]
+    TrailingData,
+    /// `feed` or `finish` without `begin`.
+    #[error("no update in progress: call begin first")]
+    NotStarted,
+    /// The window buffer is smaller than the largest supported heatshrink window.
+    #[error("the agent needs a window buffer of {MAX_WINDOW} bytes")]
+    WindowTooSmall,
+    /// Flash failed.
+    #[error("{0}")]
+    Flash(#[from] FlashError),
+    /// The state log failed.
+    #[error("state log: {0}")]
+    State(#[from] StateError),
+}
+
+impl From<SlotError> for UpdateError {
+    fn from(e: SlotError) -> Self {
+        match e {
+            SlotError::Flash(f) => UpdateError::Flash(f),
+            SlotError::Image(i) => UpdateError::Corrupt(i),
+            SlotError::Rollback { counter, min } => Refusal::Rollback { counter, min }.into(),
+            SlotError::DoesNotFit => Refusal::NoRoomInSlotB { units: 0 }.into(),
+        }
+    }
+}
+
+/// What `begin` decided.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Started {
+    /// Send the `.fwi` from this offset (non-zero when a download continues after a reset).
+    pub resume_from: u32,
+}
+
+/// The release being applied.
+#[derive(Clone, Copy)]
+struct Release {
+    image: ImageId,
+    sequence: u64,
+}
+
+/// Where the current download is.
+enum Stage {
+    /// Nothing in progress in this session.
+    Idle,
+    /// Collecting the header.
+    Header { have: usize },
+    /// Decoding components into slot B.
+    Body(Body),
+    /// Every component arrived and matched its hash.
+    Complete(Body),
+}
+
+struct Body {
+    manifest: Manifest,
+    shift: u8,
+    group: u8,
+    transport_len: u32,
+    /// Transport bytes consumed.
+    transport: u32,
+    /// Component being decoded.
+    index: usize,
+    progress: Progress,
+    writer: SlotWriter,
+    /// Installed offset just past the last byte written.
+    written_end: u32,
+    last_checkpoint: u32,
+}
+
+/// The update agent. Holds the state log, a header buffer and a borrowed heatshrink window.
+pub struct Agent<'w, 'l> {
+    layout: &'l FlashLayout,
+    config: AgentConfig<'l>,
+    log: StateLog<'l>,
+    window: &'w mut [u8],
+    header: [u8; MAX_HEADER_LEN],
+    release: Option<Release>,
+    stage: Stage,
+}
+
+impl<'w, 'l> Agent<'w, 'l> {
+    /// An agent; `window` must hold [`MAX_WINDOW`] bytes (the decoder's RAM).
+    pub fn new<F: NorFlash>(
+        flash: &mut F,
+        layout: &'l FlashLayout,
+        config: AgentConfig<'l>,
+        window: &'w mut [u8],
+    ) -> Result<Self, UpdateError> {
+        if window.len() < MAX_WINDOW {
+            return Err(UpdateError::WindowTooSmall);
+        }
+        let log = StateLog::open(flash, layout)?;
+        Ok(Agent {
+            layout,
+            config,
+            log,
+            window,
+            header: [0; MAX_HEADER_LEN],
+            release: None,
+            stage: Stage::Idle,
+        })
+    }
+
+    /// The durable state.
+    pub fn state(&self) -> &State {
+        self.log.state()
+    }
+
+    /// Takes an offer: checks the signed release statement, and either starts a download or,
+    /// for the release a reset interrupted, continues it.
+    pub fn begin<F: NorFlash>(
+        &mut self,
+        flash: &mut F,
+        release: &[u8],
+    ) -> Result<Started, UpdateError> {
+        self.stage = Stage::Idle;
+        self.release = None;
+        let signed = SignedRelease::parse(release).map_err(Refusal::from)?;
+        signed.verify(self.config.environment_keys).map_err(Refusal::from)?;
+        let statement = signed.statement();
+        if statement.environment() != self.config.environment {
+            let got = statement.environment().try_into().unwrap_or_default();
+            let expected = self.config.environment.try_into().unwrap_or_default();
+            return Err(Refusal::Release(ReleaseError::WrongEnvironment { got, expected }).into());
+        }
+        let release = Release { image: statement.image_id(), sequence: statement.sequence() };
+        let state = *self.log.state();
+        match state.phase {
+            Phase::Trial { .. } | Phase::Reverting { .. } => return Err(Refusal::Busy.into()),
+            Phase::Downloading { download, checkpoint }
+                if download.release_sequence == release.sequence
+                    && download.image == ImageTag::of(&release.image) =>
+            {
+                self.release = Some(release);
+                if let Some(checkpoint) = checkpoint
+                    && let Ok(started) = self.resume(flash, download, checkpoint)
+                {
+                    return Ok(started);
+                }
+                // No usable checkpoint: start this download again from the beginning.
+            }
+            _ if release.sequence <= state.release_sequence => {
+                let (got, last) = (release.sequence, state.release_sequence);
+                return Err(Refusal::Release(ReleaseError::Replayed { got, last }).into());
+            }
+            _ => {}
+        }
+        self.release = Some(release);
+        self.stage = Stage::Header { have: 0 };
+        Ok(Started { resume_from: 0 })
+    }
+
+    /// Continues `download` from `checkpoint`: rebuilds the decoder's window and the hash of the
+    /// component so far from what slot B holds.
+    fn resume<F: NorFlash>(
+        &mut self,
+        flash: &mut F,
+        download: Download,
+        cp: Checkpoint,
+    ) -> Result<Started, UpdateError> {
+        let place = Place { slot: Slot::B, shift: download.shift.into() };
+        let header = slot::read_header(flash, self.layout, place, &mut self.header)?;
+        if ImageTag::of(&header.id()) != download.image {
+            return Err(UpdateError::Corrupt(ImageError::NotAnImage));
+        }
+        let manifest = header.manifest().clone();
+        let transport_len = (header.len() as u64 + manifest.payload_len()) as u32;
+        let component = manifest
+            .components()
+            .get(usize::from(cp.component))
+            .ok_or(UpdateError::Corrupt(ImageError::NotAnImage))?;
+        let start = component.load_address() - self.layout.slot_layout().start;
+        let produced = cp.installed_offset.saturating_sub(start).min(component.size());
+        let decoder = DecoderState::from_bytes(cp.decoder)
+            .ok_or(UpdateError::Corrupt(ImageError::NotAnImage))?;
+        // The hash of the component so far, and (for heatshrink) the window, from flash.
+        let mut hasher = Sha256::new();
+        let mut chunk = [0u8; CHUNK];
+        let keep = match component.compression() {
+            Compression::Heatshrink(p) => produced.min(1 << p.window()),
+            Compression::Raw => 0,
+        };
+        self.window.fill(0);
+        let mut done = 0;
+        while done < produced {
+            let n = (produced - done).min(CHUNK as u32) as usize;
+            slot::read_installed(flash, self.layout, place, start + done, &mut chunk[..n])?;
+            hasher.update(&chunk[..n]);
+            if let Compression::Heatshrink(p) = component.compression() {
+                for (i, &byte) in chunk[..n].iter().enumerate() {
+                    let position = done + i as u32;
+                    if position >= produced - keep {
+                        self.window[Decoder::window_slot(p, position)] = byte;
+                    }
+                }
+            }
+            done += n as u32;
+        }
+        let progress = Progress { decoder, consumed: cp.payload_offset, produced, hasher };
+        self.stage = Stage::Body(Body {
+            manifest,
+            shift: download.shift,
+            group: download.group,
+            transport_len,
+            transport: cp.transport_offset,
+            index: usize::from(cp.component),
+            progress,
+            writer: SlotWriter::new(place, cp.installed_offset),
+            written_end: cp.installed_offset,
+            last_checkpoint: cp.installed_offset,
+        });
+        Ok(Started { resume_from: cp.transport_offset })
+    }
+
+    /// Feeds the next bytes of the `.fwi` (any size, in order).
+    pub fn feed<F: NorFlash>(
+        &mut self,
+        flash: &mut F,
+        mut bytes: &[u8],
+    ) -> Result<(), UpdateError> {
+        while !bytes.is_empty() {
+            match &mut self.stage {
+                Stage::Idle => return Err(UpdateError::NotStarted),
+                Stage::Complete(_) => return Err(UpdateError::TrailingData),
+                Stage::Header { have } => {
+                    let have_now = *have;
+                    let wanted = if have_now < Prefix::LEN {
+                        Prefix::LEN
+                    } else {
+                        Prefix::parse(&self.header[..Prefix::LEN])
+                            .map_err(Refusal::from)?
+                            .header_len()
+                    };
+                    let n = (wanted - have_now).min(bytes.len());
+                    self.header[have_now..have_now + n].copy_from_slice(&bytes[..n]);
+                    bytes = &bytes[n..];
+                    let have_now = have_now + n;
+                    self.stage = Stage::Header { have: have_now };
+                    if have_now == Prefix::LEN {
+                        // Checks the prefix now, so a stream that is not an image stops early.
+                        Prefix::parse(&self.header[..Prefix::LEN]).map_err(Refusal::from)?;
+                    }
+                    if have_now > Prefix::LEN || (have_now == Prefix::LEN && wanted > Prefix::LEN) {
+                        let len = Prefix::parse(&self.header[..Prefix::LEN])
+                            .map_err(Refusal::from)?
+                            .header_len();
+                        if have_now == len {
+                            self.accept_header(flash, len)?;
+                        }
+                    }
+                }
+                Stage::Body(_) => {
+                    let used = self.feed_payload(flash, bytes)?;
+                    bytes = &bytes[used..];
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks a complete header and, if everything is acceptable, starts writing.
+    fn accept_header<F: NorFlash>(&mut self, flash: &mut F, len: usize) -> Result<(), UpdateError> {
+        let release = self.release.ok_or(UpdateError::NotStarted)?;
+        let header = Header::parse(&self.header[..len]).map_err(Refusal::from)?;
+        let manifest = header.manifest().clone();
+        if manifest.board() != self.config.board {
+            return Err(Refusal::WrongBoard {
+                image: manifest.board().try_into().unwrap_or_default(),
+                device: self.config.board.try_into().unwrap_or_default(),
+            }
+            .into());
+        }
+        if header.id() != release.image {
+            return Err(Refusal::WrongImage { got: header.id(), released: release.image }.into());
+        }
+        verify_signatures(&header, self.config.build_keys).map_err(Refusal::from)?;
+        let state = *self.log.state();
+        if manifest.security_counter() < state.min_security_counter {
+            let (counter, min) = (manifest.security_counter(), state.min_security_counter);
+            return Err(Refusal::Rollback { counter, min }.into());
+        }
+        manifest.check_layout(&self.layout.slot_layout(), len).map_err(Refusal::TooLarge)?;
+        let units = self.layout.units_for(slot::installed_len(self.layout, &header));
+        let (shift, group) =
+            self.layout.swap_room(units).ok_or(Refusal::NoRoomInSlotB { units })?;
+
+        // Everything checked: from here on, flash changes.
+        let image = ImageTag::of(&release.image);
+        match state.phase {
+            Phase::Downloading { download, .. } if download.image != image => {
+                self.abandon(flash, download.image, FailReason::Superseded)?
+            }
+            Phase::Swapping { pending, .. } => {
+                self.abandon(flash, pending.image, FailReason::Superseded)?
+            }
+            _ => {}
+        }
+        let transport_len = (len as u64 + manifest.payload_len()) as u32;
+        let download =
+            Download { release_sequence: release.sequence, image, transport_len, shift, group };
+        self.log.append(flash, Record::Download(download))?;
+        let place = Place { slot: Slot::B, shift: shift.into() };
+        let mut writer = SlotWriter::new(place, 0);
+        writer.write(flash, self.layout, 0, &self.header[..len])?;
+        self.stage = Stage::Body(Body {
+            manifest,
+            shift,
+            group,
+            transport_len,
+            transport: len as u32,
+            index: 0,
+            progress: Progress::start(),
+            writer,
+            written_end: len as u32,
+            last_checkpoint: 0,
+        });
+        Ok(())
+    }
+
+    fn abandon<F: NorFlash>(
+        &mut self,
+        flash: &mut F,
+        image: ImageTag,
+        reason: FailReason,
+    ) -> Result<(), UpdateError> {
+        let outcome = Outcome { kind: OutcomeKind::Failed(reason), image };
+        self.log.append(flash, Record::Outcome(outcome))?;
+        Ok(())
+    }
+
+    /// Decodes payload bytes of the current component into slot B; returns how many were used.
+    fn feed_payload<F: NorFlash>(
+        &mut self,
+        flash: &mut F,
+        input: &[u8],
+    ) -> Result<usize, UpdateError> {
+        let Stage::Body(body) = &mut self.stage else { return Ok(0) };
+        let layout = self.layout;
+        let slot_start = layout.slot_layout().start;
+        let component = body.manifest.components()[body.index].clone();
+        let start = component.load_address() - slot_start;
+        let checkpoint_every = self.config.checkpoint_every.max(1);
+
+        if body.progress.produced == 0 && body.progress.consumed == 0 {
+            // A component starting in a later unit than everything written so far: the unit
+            // it starts in is a durable point too.
+            if let Some(unit) = layout.unit_containing(layout.slot(Slot::A).offset + start) {
+                let boundary = unit.offset - layout.slot(Slot::A).offset;
+                if boundary >= body.written_end
+                    && boundary >= body.last_checkpoint + checkpoint_every
+                {
+                    let cp = Checkpoint {
+                        transport_offset: body.transport,
+                        installed_offset: boundary,
+                        component: body.index as u8,
+                        payload_offset: 0,
+                        decoder: DecoderState::START.to_bytes(),
+                    };
+                    body.writer.flush(flash, layout)?;
+                    self.log.append(flash, Record::Checkpoint(cp))?;
+                    body.last_checkpoint = boundary;
+                }
+            }
+        }
+
+        let mut unpacker = Unpacker::resume(&component, self.window, body.progress.clone())
+            .map_err(|e| UpdateError::Corrupt(component_error(&component, e)))?;
+        let mut used_total = 0;
+        let mut out = [0u8; CHUNK];
+        let result = loop {
+            let position = start + unpacker.produced();
+            let boundary = next_boundary(layout, body.last_checkpoint + checkpoint_every, position);
+            let limit = (boundary - position).min(CHUNK as u32) as usize;
+            let (used, produced) = match unpacker.step(&input[used_total..], &mut out[..limit]) {
+                Ok(step) => step,
+                Err(e) => break Err(e),
+            };
+            body.writer.write(flash, layout, position, &out[..produced])?;
+            used_total += used;
+            body.transport += used as u32;
+            if produced > 0 {
+                body.written_end = position + produced as u32;
+            }
+            if produced > 0 && position + produced as u32 == boundary {
+                body.writer.flush(flash, layout)?;
+                let cp = Checkpoint {
+                    transport_offset: body.transport,
+                    installed_offset: boundary,
+                    component: body.index as u8,
+                    payload_offset: unpacker.consumed(),
+                    decoder: unpacker.decoder_state().to_bytes(),
+                };
+                self.log.append(flash, Record::Checkpoint(cp))?;
+                body.last_checkpoint = boundary;
+            }
+            if used == 0 && produced == 0 {
+                break Ok(());
+            }
+        };
+        let result = result.and_then(|()| {
+            if unpacker.remaining_input() > 0 {
+                body.progress = unpacker.progress();
+                return Ok(false);
+            }
+            unpacker.finish().map(|_| true)
+        });
+        match result {
+            Ok(false) => Ok(used_total),
+            Ok(true) => {
+                body.index += 1;
+                body.progress = Progress::start();
+                if body.index == body.manifest.components().len() {
+                    let Stage::Body(body) = core::mem::replace(&mut self.stage, Stage::Idle) else {
+                        return Ok(used_total);
+                    };
+                    self.stage = Stage::Complete(body);
+                }
+                Ok(used_total)
+            }
+            Err(e) => {
+                let error = component_error(&component, e);
+                let image = self.release.map(|r| ImageTag::of(&r.image)).unwrap_or_default();
+                self.stage = Stage::Idle;
+                self.abandon(flash, image, FailReason::Corrupt)?;
+                Err(UpdateError::Corrupt(error))
+            }
+        }
+    }
+
+    /// Ends the download: reads the whole image back from slot B and checks it, then marks it
+    /// pending: the boot logic swaps it in at the next reset.
+    pub fn finish<F: NorFlash>(&mut self, flash: &mut F) -> Result<ImageId, UpdateError> {
+        let release = self.release.ok_or(UpdateError::NotStarted)?;
+        let mut body = match core::mem::replace(&mut self.stage, Stage::Idle) {
+            Stage::Complete(body) => body,
+            Stage::Idle => return Err(UpdateError::NotStarted),
+            other => {
+                let (received, expected) = match &other {
+                    Stage::Header { have } => (*have as u32, 0),
+                    Stage::Body(b) => (b.transport, b.transport_len),
+                    _ => (0, 0),
+                };
+                self.stage = other;
+                return Err(UpdateError::Incomplete { received, expected });
+            }
+        };
+        body.writer.flush(flash, self.layout)?;
+        let place = Place { slot: Slot::B, shift: body.shift.into() };
+        let min = self.log.state().min_security_counter;
+        let checked = slot::check(flash, self.layout, place, Some(self.config.build_keys), min);
+        let image = match checked {
+            Ok(image) if image.id == release.image => image,
+            Ok(_) | Err(SlotError::Image(_)) | Err(SlotError::DoesNotFit) => {
+                self.abandon(flash, ImageTag::of(&release.image), FailReason::Corrupt)?;
+                return Err(UpdateError::Corrupt(ImageError::NotAnImage));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let old_units = slot::extent(flash, self.layout, Place::A).unwrap_or(0);
+        let mut pending = Pending {
+            release_sequence: release.sequence,
+            image: ImageTag::of(&image.id),
+            new_units: image.units as u16,
+            old_units: old_units.min(u32::from(u16::MAX)) as u16,
+            shift: body.shift,
+            group: body.group,
+            done: 0,
+            markers: 0,
+        };
+        pending.markers = marker_area(&pending);
+        self.log.append(flash, Record::Pending(pending))?;
+        Ok(image.id)
+    }
+}
+
+/// The first erase unit boundary (installed offset) at or after `at_least` and after
+/// `position`; `u32::MAX` if the slot ends first.
+fn next_boundary(layout: &FlashLayout, at_least: u32, position: u32) -> u32 {
+    let a = layout.slot(Slot::A);
+    layout
+        .units()
+        .filter(|u| u.offset >= a.offset && u.offset < a.end())
+        .map(|u| u.offset - a.offset)
+        .find(|&b| b >= at_least && b > position)
+        .unwrap_or(u32::MAX)
+}
+
+fn component_error(component: &crate::image::Component, error: UnpackError) -> ImageError {
+    ImageError::Component { name: component.name().clone(), error }
+}
