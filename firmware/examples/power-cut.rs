@@ -11,14 +11,10 @@
 //! Run: `cargo run --release -p firmware --example power-cut [-- --board NAME] [--torn N]`
 //! Ends with `power-cut: N cuts, B bricked`; exits non-zero if B > 0.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use boards::Catalog;
 use firmware::flash::{FlashLayout, Region, SectorRun, Slot};
-use firmware::sim::build::{describe, scenario};
-use firmware::sim::device::{Ending, RunReport, Scenario, SecondCut};
-use firmware::sim::{Cut, CutKind};
+use firmware::sim::build::describe;
+use firmware::sim::campaign::{self, Plan, Tally};
 
 /// Options from the command line.
 struct Options {
@@ -50,66 +46,6 @@ fn units(layout: &FlashLayout) -> u32 {
     let unit = layout.unit(layout.slot(Slot::A), 0).map_or(1, |u| u.size);
     // About 12 KiB of image on small pages, at least 3 units, at most what slot A has.
     (12 * 1024 / unit).clamp(3, 12).min(a)
-}
-
-struct Tally {
-    cuts: AtomicU64,
-    bricked: AtomicU64,
-    failures: Mutex<Vec<String>>,
-}
-
-impl Tally {
-    fn record(&self, what: &str, report: &RunReport) {
-        self.cuts.fetch_add(u64::from(report.cuts), Ordering::Relaxed);
-        if let Some(failure) = &report.failure {
-            self.bricked.fetch_add(1, Ordering::Relaxed);
-            let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-            if failures.len() < 20 {
-                failures.push(format!("{what}: {failure}"));
-            }
-        }
-    }
-}
-
-/// Every cut of one scenario: each operation, each way; and second cuts on a sample.
-fn campaign(s: &Scenario, label: &str, options: &Options, step: u64, tally: &Tally) -> u64 {
-    let seed = 7;
-    let clean = s.run(None, None, seed);
-    if let Some(failure) = &clean.failure {
-        tally.record(&format!("{label} without cuts"), &clean);
-        eprintln!("{label}: fails without any cut: {failure}");
-        return 0;
-    }
-    let operations = clean.operations;
-    let step = if options.quick { step * 5 } else { step };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
-    std::thread::scope(|scope| {
-        for t in 0..threads {
-            scope.spawn(move || {
-                let mut at = t * step;
-                while at < operations {
-                    let mut kinds = vec![CutKind::Before, CutKind::After];
-                    kinds.extend((0..options.torn_seeds).map(|i| CutKind::Torn(at * 31 + i + 1)));
-                    for kind in kinds {
-                        let cut = Cut { at, kind };
-                        tally.record(&format!("{label} cut {kind:?} at op {at}"), &s.run(Some(cut), None, seed));
-                    }
-                    if at % options.second_every == 0 {
-                        for after in [0u64, 1, 2, 5, 17, 60, 200] {
-                            for kind in [CutKind::Before, CutKind::Torn(at ^ after ^ 0x5A)] {
-                                let first = Cut { at, kind: CutKind::Torn(at + 99) };
-                                let second = SecondCut { after, kind };
-                                let what = format!("{label} cut torn at op {at}, then {kind:?} {after} ops into recovery");
-                                tally.record(&what, &s.run(Some(first), Some(second), seed));
-                            }
-                        }
-                    }
-                    at += threads * step;
-                }
-            });
-        }
-    });
-    operations
 }
 
 /// Geometries beyond the shipped boards: `tight`, an image filling slot A with slot B one unit
@@ -154,56 +90,34 @@ fn main() {
         );
         std::process::exit(2);
     }
-    let tally = Tally {
-        cuts: AtomicU64::new(0),
-        bricked: AtomicU64::new(0),
-        failures: Mutex::new(Vec::new()),
-    };
+    let tally = Tally::default();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
     for (name, layout, units) in targets {
         // Every cut on a fresh state log; then, with every 8th cut, the log's unit nearly full,
-        // so the update's records move the log to its next unit at each record in turn: at the
-        // download, a checkpoint, the pending record and its marker area, the trial start, the
-        // confirmation or the revert.
-        let mut variants = vec![
-            (Ending::Confirm, "update+confirm".to_owned(), None),
-            (Ending::Revert, "update+revert".to_owned(), None),
-        ];
-        for slots in 0u32..=20 {
-            for (ending, what) in
-                [(Ending::Confirm, "update+confirm"), (Ending::Revert, "update+revert")]
-            {
-                variants.push((
-                    ending,
-                    format!("{what}, log {slots} slots from full"),
-                    Some(slots * 32),
-                ));
-            }
-        }
-        for (ending, what, leave) in variants {
-            let before = tally.cuts.load(Ordering::Relaxed);
-            let bricked = tally.bricked.load(Ordering::Relaxed);
-            let mut s = scenario(&layout, &name, units, ending, 3);
-            // Checkpoint at (nearly) every erase unit, so cuts exercise resuming downloads.
-            s.device.checkpoint_every = 1;
-            if let Some(leave) = leave {
-                s.device.fill_log(leave).expect("the log fills");
-            }
-            let label = format!("{name} {what}");
-            let step = if leave.is_some() { 8 } else { 1 };
-            let operations = campaign(&s, &label, &options, step, &tally);
+        // so the update's records move the log to its next unit at each record in turn.
+        for variant in campaign::variants(&layout, &name, units, 0..=20) {
+            let (before, bricked) = (tally.cuts(), tally.bricked());
+            let step = if variant.log_full { 8 } else { 1 } * if options.quick { 5 } else { 1 };
+            let plan = Plan {
+                step,
+                torn_seeds: options.torn_seeds,
+                second_every: options.second_every,
+                threads,
+            };
+            let operations = campaign::run(&variant.scenario, &variant.label, plan, &tally);
             println!(
-                "{label}: {} ({units}-unit images), {operations} flash operations, {} cuts, {} bricked",
+                "{}: {} ({units}-unit images), {operations} flash operations, {} cuts, {} bricked",
+                variant.label,
                 describe(&layout),
-                tally.cuts.load(Ordering::Relaxed) - before,
-                tally.bricked.load(Ordering::Relaxed) - bricked,
+                tally.cuts() - before,
+                tally.bricked() - bricked,
             );
         }
     }
-    for failure in tally.failures.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+    for failure in tally.failures() {
         println!("  {failure}");
     }
-    let (cuts, bricked) =
-        (tally.cuts.load(Ordering::Relaxed), tally.bricked.load(Ordering::Relaxed));
+    let (cuts, bricked) = (tally.cuts(), tally.bricked());
     println!("power-cut: {cuts} cuts, {bricked} bricked");
     if bricked > 0 {
         std::process::exit(1);

@@ -59,6 +59,15 @@ pub struct Booted {
     pub trial: bool,
 }
 
+impl From<SlotError> for BootError {
+    fn from(e: SlotError) -> Self {
+        match e {
+            SlotError::Flash(f) => BootError::Flash(f),
+            slot_a => BootError::NoBootableImage { slot_a },
+        }
+    }
+}
+
 /// Why the boot logic did not return an image.
 #[derive(Clone, PartialEq, Eq, Debug, thiserror::Error)]
 pub enum BootError {
@@ -136,11 +145,36 @@ pub fn boot<F: NorFlash>(
                 }
             }
             Phase::Idle | Phase::Downloading { .. } => {
-                return match check_a(flash, layout, config, state.min_security_counter) {
-                    Ok(image) => Ok(Booted { image, trial: false }),
-                    Err(SlotError::Flash(e)) => Err(BootError::Flash(e)),
-                    Err(slot_a) => Err(BootError::NoBootableImage { slot_a }),
+                let slot_a = match check_a(flash, layout, config, state.min_security_counter) {
+                    Ok(image) => return Ok(Booted { image, trial: false }),
+                    Err(SlotError::Flash(e)) => return Err(BootError::Flash(e)),
+                    Err(problem) => problem,
                 };
+                // Slot A is damaged. The previous image may still be whole at the start of slot
+                // B (after a swap, when it was not larger than its successor): restore it if it
+                // passes every check, the security counter included.
+                let previous = Place { slot: crate::flash::Slot::B, shift: 0 };
+                let restorable = !matches!(state.phase, Phase::Downloading { .. })
+                    && slot::check(
+                        flash,
+                        layout,
+                        previous,
+                        config.keys(),
+                        state.min_security_counter,
+                    )
+                    .is_ok_and(|image| {
+                        image.units <= layout.unit_count(layout.slot(crate::flash::Slot::A))
+                    });
+                if !restorable {
+                    return Err(BootError::NoBootableImage { slot_a });
+                }
+                let units = slot::extent(flash, layout, previous)? as u16;
+                let mut header = [0u8; crate::image::MAX_HEADER_LEN];
+                let image = slot::read_header(flash, layout, Place::A, &mut header)
+                    .map(|h| crate::state::ImageTag::of(&h.id()))
+                    .unwrap_or_default();
+                let reason = RevertReason::ImageInvalid;
+                log.append(flash, Record::RevertBegin { reason, units, image })?;
             }
         }
     }

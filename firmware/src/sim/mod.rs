@@ -3,6 +3,7 @@
 //! real boot logic and update agent on it ([`device`]).
 
 pub mod build;
+pub mod campaign;
 pub mod device;
 mod flash;
 mod rng;
