@@ -123,6 +123,10 @@ pub fn read_header<'b, F: NorFlash>(
 
 /// Checks the image in `place`: header, placement in slot A, signatures (when `keys` is given),
 /// the hash of every component read back from flash, and the security counter.
+///
+/// Never inlined: its buffers (header, chunk, hash state) then sit in one stack frame, however
+/// many places call it.
+#[inline(never)]
 pub fn check<F: NorFlash>(
     flash: &mut F,
     layout: &FlashLayout,
@@ -132,7 +136,7 @@ pub fn check<F: NorFlash>(
 ) -> Result<SlotImage, SlotError> {
     let mut buf = [0u8; MAX_HEADER_LEN];
     let header = read_header(flash, layout, place, &mut buf)?;
-    let manifest = header.manifest().clone();
+    let manifest = header.manifest();
     let slot_a = layout.slot_layout();
     manifest.check_layout(&slot_a, header.len()).map_err(ImageError::from)?;
     if let Some(keys) = keys {

@@ -363,6 +363,54 @@ fn signature_checks_before_boot_are_configurable() {
 }
 
 #[test]
+fn a_device_with_a_small_window_takes_only_what_it_can_decode() {
+    let mut b = bench();
+    b.device.window = 1024;
+    let layout = b.device.layout.clone();
+    // The default window (2 KiB) is too large for this device.
+    let rel = release(&b.v2, "test", 11, &b.keys.environment);
+    let v2 = b.v2.bytes.clone();
+    refused(
+        &mut b,
+        |b| offer(b, &rel, &v2),
+        |e| matches!(e, UpdateError::Refused(Refusal::WindowTooLarge { needed: 2048, have: 1024 })),
+    );
+    // The same content compressed with a 1 KiB window is fine.
+    let mut spec_image = image(&layout, BOARD, "2.0.0", 2, UNITS, 2, &b.keys.build);
+    let file = &spec_image.bytes;
+    let parsed = firmware::image::TransportImage::parse(file).unwrap();
+    let slot_start = layout.slot_layout().start;
+    let installed = firmware::image::installed_form(file, slot_start, 0xFF).unwrap();
+    let components = parsed
+        .header()
+        .manifest()
+        .components()
+        .iter()
+        .map(|c| {
+            let start = (c.load_address() - slot_start) as usize;
+            ComponentSource {
+                role: c.role(),
+                name: c.name().to_string(),
+                load_address: c.load_address(),
+                bytes: installed[start..start + c.size() as usize].to_vec(),
+            }
+        })
+        .collect();
+    let spec = ImageSpec {
+        board: BOARD.into(),
+        version: "2.0.0".parse().unwrap(),
+        security_counter: 2,
+        compression: Some(HeatshrinkParams::new(10, 4).unwrap()),
+        components,
+        slot: Some(layout.slot_layout()),
+    };
+    spec_image = encode_image(&spec, std::slice::from_ref(&b.keys.build)).unwrap();
+    let rel = release(&spec_image, "test", 12, &b.keys.environment);
+    offer(&mut b, &rel, &spec_image.bytes).unwrap();
+    assert_eq!(b.device.boot().unwrap().image.id, spec_image.id);
+}
+
+#[test]
 fn a_newer_release_replaces_a_pending_one() {
     let mut b = bench();
     let layout = b.device.layout.clone();

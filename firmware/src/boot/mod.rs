@@ -20,12 +20,12 @@ mod swap;
 
 use embedded_storage::nor_flash::NorFlash;
 
-use crate::flash::FlashLayout;
 use crate::flash::io::FlashError;
-use crate::image::TrustedKey;
+use crate::flash::{FlashLayout, Slot};
+use crate::image::{MAX_HEADER_LEN, TrustedKey};
 use crate::slot::{self, Place, SlotError, SlotImage};
 use crate::state::{
-    FailReason, Outcome, OutcomeKind, Phase, Record, RevertReason, StateError, StateLog,
+    FailReason, ImageTag, Outcome, OutcomeKind, Phase, Record, RevertReason, StateError, StateLog,
 };
 
 /// How the boot logic checks and trials images.
@@ -105,7 +105,7 @@ pub fn boot<F: NorFlash>(
                 if done == 0 {
                     // Nothing moved yet: make sure what waits in B still is the image that was
                     // verified, before the swap destroys anything.
-                    let place = Place { slot: crate::flash::Slot::B, shift: pending.shift.into() };
+                    let place = Place { slot: Slot::B, shift: pending.shift.into() };
                     let ok = slot::check(
                         flash,
                         layout,
@@ -150,34 +150,47 @@ pub fn boot<F: NorFlash>(
                     Err(SlotError::Flash(e)) => return Err(BootError::Flash(e)),
                     Err(problem) => problem,
                 };
-                // Slot A is damaged. The previous image may still be whole at the start of slot
-                // B (after a swap, when it was not larger than its successor): restore it if it
-                // passes every check, the security counter included.
-                let previous = Place { slot: crate::flash::Slot::B, shift: 0 };
-                let restorable = !matches!(state.phase, Phase::Downloading { .. })
-                    && slot::check(
-                        flash,
-                        layout,
-                        previous,
-                        config.keys(),
-                        state.min_security_counter,
-                    )
-                    .is_ok_and(|image| {
-                        image.units <= layout.unit_count(layout.slot(crate::flash::Slot::A))
-                    });
-                if !restorable {
+                // Slot A is damaged: restore the previous image from slot B if it can be.
+                if matches!(state.phase, Phase::Downloading { .. }) {
                     return Err(BootError::NoBootableImage { slot_a });
                 }
-                let units = slot::extent(flash, layout, previous)? as u16;
-                let mut header = [0u8; crate::image::MAX_HEADER_LEN];
-                let image = slot::read_header(flash, layout, Place::A, &mut header)
-                    .map(|h| crate::state::ImageTag::of(&h.id()))
-                    .unwrap_or_default();
-                let reason = RevertReason::ImageInvalid;
-                log.append(flash, Record::RevertBegin { reason, units, image })?;
+                match restorable(flash, layout, config, state.min_security_counter)? {
+                    Some((units, image)) => {
+                        let reason = RevertReason::ImageInvalid;
+                        log.append(flash, Record::RevertBegin { reason, units, image })?;
+                    }
+                    None => return Err(BootError::NoBootableImage { slot_a }),
+                }
             }
         }
     }
+}
+
+/// Whether the previous image is whole at the start of slot B (after a swap, when it was not
+/// larger than its successor) and passes every check, the security counter included: then the
+/// units to copy back, and the tag of what slot A holds now.
+// Not inlined: its header buffers would otherwise sit in every boot's stack frame.
+#[inline(never)]
+fn restorable<F: NorFlash>(
+    flash: &mut F,
+    layout: &FlashLayout,
+    config: &BootConfig<'_>,
+    min_security_counter: u32,
+) -> Result<Option<(u16, ImageTag)>, BootError> {
+    let previous = Place { slot: Slot::B, shift: 0 };
+    let image = match slot::check(flash, layout, previous, config.keys(), min_security_counter) {
+        Ok(image) => image,
+        Err(SlotError::Flash(e)) => return Err(e.into()),
+        Err(_) => return Ok(None),
+    };
+    if image.units > layout.unit_count(layout.slot(Slot::A)) {
+        return Ok(None);
+    }
+    let mut header = [0u8; MAX_HEADER_LEN];
+    let current = slot::read_header(flash, layout, Place::A, &mut header)
+        .map(|h| ImageTag::of(&h.id()))
+        .unwrap_or_default();
+    Ok(Some((image.units as u16, current)))
 }
 
 fn check_a<F: NorFlash>(

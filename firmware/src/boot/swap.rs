@@ -40,6 +40,7 @@ fn copy<F: NorFlash>(
 }
 
 /// Swaps the pending image in, from wherever `done` markers say it got to.
+#[inline(never)]
 pub(super) fn swap<F: NorFlash>(
     flash: &mut F,
     layout: &FlashLayout,
@@ -83,6 +84,7 @@ pub(super) fn swap<F: NorFlash>(
 }
 
 /// Copies the first `units` units of slot B back into slot A (a revert).
+#[inline(never)]
 pub(super) fn copy_back<F: NorFlash>(
     flash: &mut F,
     layout: &FlashLayout,

@@ -9,8 +9,9 @@ pub enum ManifestError {
     /// The bytes are not a postcard manifest (or a field is longer than its bound).
     #[error("manifest is malformed: {0}")]
     Malformed(postcard::Error),
-    /// The bytes decode, but are not the one canonical encoding of what they decode to.
-    #[error("manifest encoding is not canonical (trailing or over-long bytes)")]
+    /// Not the one canonical encoding: a number in more bytes than it needs, or bytes after
+    /// the end.
+    #[error("manifest encoding is not canonical (over-long number or bytes after its end)")]
     NotCanonical,
     /// The manifest says a format version other than this one.
     #[error("manifest format version is {0}, this reader knows version {FORMAT_VERSION}")]

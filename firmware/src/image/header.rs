@@ -138,8 +138,11 @@ impl<'a> Header<'a> {
         let manifest_end = Prefix::LEN + prefix.manifest_len();
         let manifest_bytes = &bytes[Prefix::LEN..manifest_end];
         let signature_bytes = &bytes[manifest_end..len];
-        let manifest = Manifest::decode(manifest_bytes)?;
-        let header = Header { prefix, manifest, manifest_bytes, signature_bytes };
+        // Decoded where it will stay: a manifest is 660 bytes, too much to copy around on a
+        // small device's stack.
+        let mut header =
+            Header { prefix, manifest: Manifest::EMPTY, manifest_bytes, signature_bytes };
+        header.manifest.decode_in_place(manifest_bytes)?;
         let mut seen = heapless::Vec::<KeyId, MAX_SIGNATURES>::new();
         for record in header.signatures() {
             if seen.contains(&record.key_id) || seen.push(record.key_id).is_err() {

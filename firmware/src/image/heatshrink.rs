@@ -150,6 +150,19 @@ impl<'w> Decoder<'w> {
         self.state
     }
 
+    /// Whether the input read so far ends the way an encoder ends a stream: after the last
+    /// token, only the zero bits that pad the final byte (of which the decoder may have taken a
+    /// `0` tag bit as the start of a token that never came).
+    pub fn at_clean_end(&self) -> bool {
+        let s = &self.state;
+        s.bits == 0
+            && match s.phase {
+                Phase::Tag => s.bit_count < 8,
+                Phase::Index => s.bit_count < 7,
+                _ => false,
+            }
+    }
+
     /// Reads `n` bits (n <= 16), pulling bytes from `input` at `*used`; `None` when the input
     /// ends first (the bits read so far are kept).
     fn bits(&mut self, n: u8, input: &[u8], used: &mut usize) -> Option<u16> {

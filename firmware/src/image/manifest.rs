@@ -190,13 +190,71 @@ impl Manifest {
 
     /// Reads a manifest from exactly `bytes`, which must be its canonical postcard encoding.
     pub fn decode(bytes: &[u8]) -> Result<Self, ManifestError> {
-        let (manifest, rest): (Manifest, _) =
-            postcard::take_from_bytes(bytes).map_err(ManifestError::Malformed)?;
-        if !rest.is_empty() || !manifest.encodes_to(bytes) {
+        let mut manifest = Manifest::EMPTY;
+        manifest.decode_in_place(bytes)?;
+        Ok(manifest)
+    }
+
+    /// An empty value to decode into (not a valid manifest).
+    pub(crate) const EMPTY: Manifest = Manifest {
+        format: 0,
+        board: BoardName::new(),
+        version: Version::new(0, 0, 0),
+        security_counter: 0,
+        components: heapless::Vec::new(),
+    };
+
+    /// [`Manifest::decode`] into `self` (which is overwritten), so no manifest-sized value is
+    /// ever moved: this is what keeps parsing within a small device's stack.
+    pub fn decode_in_place(&mut self, bytes: &[u8]) -> Result<(), ManifestError> {
+        use super::wire::Reader;
+        use postcard::Error as E;
+        let mut r = Reader::new(bytes);
+        self.format = r.u16()?;
+        r.string(&mut self.board)?;
+        self.version.major = r.u32()?;
+        self.version.minor = r.u32()?;
+        self.version.patch = r.u32()?;
+        r.string(&mut self.version.pre)?;
+        r.string(&mut self.version.build)?;
+        self.security_counter = r.u32()?;
+        let count = r.len()?;
+        if count > MAX_COMPONENTS {
+            return Err(ManifestError::Malformed(E::DeserializeBadEncoding));
+        }
+        self.components.clear();
+        for _ in 0..count {
+            let role = match r.variant()? {
+                0 => Role::Os,
+                1 => Role::App,
+                2 => Role::Data,
+                _ => return Err(ManifestError::Malformed(E::DeserializeBadEnum)),
+            };
+            let mut name = ComponentName::new();
+            r.string(&mut name)?;
+            let load_address = r.u32()?;
+            let size = r.u32()?;
+            let sha256 = r.take::<32>()?;
+            let compression = match r.variant()? {
+                0 => Compression::Raw,
+                1 => {
+                    let [window, lookahead] = r.take::<2>()?;
+                    let params = super::HeatshrinkParams::new(window, lookahead)
+                        .map_err(|_| ManifestError::Malformed(E::DeserializeBadEncoding))?;
+                    Compression::Heatshrink(params)
+                }
+                _ => return Err(ManifestError::Malformed(E::DeserializeBadEnum)),
+            };
+            let stored_size = r.u32()?;
+            let component =
+                Component { role, name, load_address, size, sha256, compression, stored_size };
+            // `count` <= MAX_COMPONENTS, the capacity.
+            let _ = self.components.push(component);
+        }
+        if !r.is_done() {
             return Err(ManifestError::NotCanonical);
         }
-        manifest.validate()?;
-        Ok(manifest)
+        self.validate()
     }
 
     /// Writes the postcard encoding into `buf`, returning the used part.
@@ -209,12 +267,6 @@ impl Manifest {
     pub fn encode(&self) -> alloc::vec::Vec<u8> {
         // Serializing plain data into a Vec cannot fail.
         postcard::to_allocvec(self).unwrap_or_default()
-    }
-
-    /// Whether re-encoding `self` gives exactly `bytes`, checked without a buffer.
-    fn encodes_to(&self, bytes: &[u8]) -> bool {
-        let flavor = CompareFlavor { expected: bytes, pos: 0 };
-        postcard::serialize_with_flavor(self, flavor).unwrap_or(false)
     }
 
     fn validate(&self) -> Result<(), ManifestError> {
@@ -330,31 +382,6 @@ fn truncated(name: &str) -> BoardName {
     out
 }
 
-/// A postcard output that compares the bytes it is given with `expected` instead of storing
-/// them. Finishes with `true` only if they match exactly and in full.
-struct CompareFlavor<'a> {
-    expected: &'a [u8],
-    pos: usize,
-}
-
-impl postcard::ser_flavors::Flavor for CompareFlavor<'_> {
-    type Output = bool;
-
-    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
-        if self.expected.get(self.pos) == Some(&byte) {
-            self.pos += 1;
-            Ok(())
-        } else {
-            // Any error ends serialization; the caller only learns "differs".
-            Err(postcard::Error::SerializeBufferFull)
-        }
-    }
-
-    fn finalize(self) -> postcard::Result<bool> {
-        Ok(self.pos == self.expected.len())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -465,5 +492,87 @@ mod tests {
         // `os` and `app` 2 and 3 of 16.
         let shortfall = 2 + 2 * MAX_COMPONENTS + (MAX_NAME_LEN - 2) + (MAX_NAME_LEN - 3);
         assert_eq!(m.encode().len() + shortfall, MAX_MANIFEST_LEN);
+    }
+
+    /// The in-place reader (devices) and serde/postcard (which writes manifests) agree: on
+    /// valid manifests, and on every byte of them mutated.
+    #[test]
+    fn in_place_reader_agrees_with_postcard() {
+        let mut seed = 0x1234_5678_9ABC_DEF0u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..300 {
+            let n = 1 + (next() % 8) as usize;
+            let mut components = Vec::new();
+            let mut addr = (next() % 0x1000_0000) as u32;
+            for i in 0..n {
+                let len = 1 + (next() % 70_000) as usize;
+                let (role, name) = match i {
+                    0 => (Role::Os, std::string::String::from("os")),
+                    1 => (Role::App, "app".into()),
+                    _ => (Role::Data, std::format!("d{i}-{}", next() % 1000)),
+                };
+                let compression = if next() % 2 == 0 {
+                    Compression::Raw
+                } else {
+                    let all = HeatshrinkParams::SUPPORTED;
+                    Compression::Heatshrink(all[(next() % all.len() as u64) as usize])
+                };
+                let stored = match compression {
+                    Compression::Raw => len as u32,
+                    Compression::Heatshrink(_) => 1 + (next() % len as u64) as u32,
+                };
+                components.push(Component::new(
+                    role,
+                    name.as_str().try_into().unwrap(),
+                    addr,
+                    &std::vec![i as u8; len],
+                    compression,
+                    stored,
+                ));
+                addr += len as u32 + (next() % 4096) as u32;
+            }
+            let version = Version::new(next() as u32 % 300, next() as u32, 7);
+            let m = Manifest::new("board-x", version, next() as u32, &components).unwrap();
+            let bytes = m.encode();
+            assert_eq!(Manifest::decode(&bytes).unwrap(), m);
+            for _ in 0..20 {
+                let mut bad = bytes.clone();
+                let at = (next() % bad.len() as u64) as usize;
+                bad[at] = next() as u8;
+                if round % 3 == 0 {
+                    bad.truncate((next() % bad.len() as u64) as usize);
+                }
+                let mine = Manifest::decode(&bad);
+                let theirs = postcard::take_from_bytes::<Manifest>(&bad);
+                match mine {
+                    Ok(m) => {
+                        let (t, rest) = theirs.expect("postcard reads what the reader accepts");
+                        assert!(rest.is_empty());
+                        assert_eq!(m, t);
+                        assert_eq!(m.encode(), bad, "only canonical encodings are accepted");
+                    }
+                    Err(_) => {
+                        if let Ok((t, rest)) = theirs {
+                            // Postcard reads it: then it breaks a rule, is not canonical, or
+                            // has bytes left over.
+                            let valid = t.format() == FORMAT_VERSION
+                                && Manifest::new(
+                                    t.board(),
+                                    t.version().clone(),
+                                    t.security_counter(),
+                                    t.components(),
+                                )
+                                .is_ok();
+                            assert!(!rest.is_empty() || t.encode() != bad || !valid, "{bad:02x?}");
+                        }
+                    }
+                }
+            }
+        }
     }
 }

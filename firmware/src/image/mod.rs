@@ -27,6 +27,7 @@ mod transport;
 mod trust;
 mod unpack;
 mod version;
+mod wire;
 
 #[cfg(feature = "std")]
 pub use compression::compress;

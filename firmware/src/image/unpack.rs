@@ -40,6 +40,9 @@ pub enum UnpackError {
         /// Hash of the decoded bytes.
         actual: Sha256Digest,
     },
+    /// Bits after the end of the content are not the zero padding of the final byte.
+    #[error("payload has bits after the end of its content")]
+    TrailingBits,
     /// The window buffer lent to the unpacker is too small for the component's compression.
     #[error("the decoder needs a {needed}-byte window")]
     WindowTooSmall {
@@ -242,6 +245,11 @@ impl<'w> Unpacker<'w> {
         }
         if self.produced != self.size {
             return Err(UnpackError::TooShort { produced: self.produced, size: self.size });
+        }
+        if let Codec::Heatshrink(decoder) = &self.codec
+            && !decoder.at_clean_end()
+        {
+            return Err(UnpackError::TrailingBits);
         }
         let actual: [u8; 32] = self.hasher.finalize().into();
         if actual != self.expected {

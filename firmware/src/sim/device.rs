@@ -38,6 +38,8 @@ pub struct SimDevice {
     pub trial_boots: u8,
     /// Installed bytes between download checkpoints.
     pub checkpoint_every: u32,
+    /// Bytes of heatshrink window the agent gets.
+    pub window: usize,
 }
 
 impl SimDevice {
@@ -49,6 +51,7 @@ impl SimDevice {
             identity,
             trial_boots: 1,
             checkpoint_every: 16 * 1024,
+            window: MAX_WINDOW,
         }
     }
 
@@ -88,7 +91,8 @@ impl SimDevice {
             checkpoint_every: self.checkpoint_every,
         };
         let mut window = [0u8; MAX_WINDOW];
-        let mut agent = Agent::new(&mut self.flash, &self.layout, config, &mut window)?;
+        let window = &mut window[..self.window.min(MAX_WINDOW)];
+        let mut agent = Agent::new(&mut self.flash, &self.layout, config, window)?;
         let started = agent.begin(&mut self.flash, release)?;
         let mut rest = image.get(started.resume_from as usize..).unwrap_or_default();
         while !rest.is_empty() {

@@ -55,6 +55,9 @@ pub struct StateLog<'l> {
 impl<'l> StateLog<'l> {
     /// Reads the log and replays it. A partition without any valid unit (a new device) is
     /// initialized to the empty state.
+    // Not inlined (nor are `append` and `set_marker`): their buffers then take stack only while
+    // they run, not in the frame of a caller that goes on to check an image.
+    #[inline(never)]
     pub fn open<F: NorFlash>(flash: &mut F, layout: &'l FlashLayout) -> Result<Self, StateError> {
         let region = layout.state();
         let mut current: Option<(u32, u32)> = None;
@@ -163,6 +166,7 @@ impl<'l> StateLog<'l> {
 
     /// Appends `record` and applies it to the state. Moves to the next unit first if this one
     /// has no room.
+    #[inline(never)]
     pub fn append<F: NorFlash>(&mut self, flash: &mut F, record: Record) -> Result<(), StateError> {
         let need = self.footprint(&record);
         if self.next + need > self.unit.end() {
@@ -197,6 +201,7 @@ impl<'l> StateLog<'l> {
     }
 
     /// Records one more step of swap progress.
+    #[inline(never)]
     pub fn set_marker<F: NorFlash>(&mut self, flash: &mut F) -> Result<(), StateError> {
         let Phase::Swapping { pending, done } = self.state.phase else {
             return Err(StateError::NoSwap);

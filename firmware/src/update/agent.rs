@@ -17,9 +17,8 @@ use crate::flash::io::{CHUNK, FlashError};
 use crate::flash::{FlashLayout, Slot};
 use crate::image::heatshrink::{Decoder, DecoderState};
 use crate::image::{
-    Compression, Header, ImageError, ImageId, LayoutError, MAX_HEADER_LEN, MAX_WINDOW, Manifest,
-    Prefix, Progress, ReleaseError, SignedRelease, TrustedKey, UnpackError, Unpacker,
-    verify_signatures,
+    Compression, Header, ImageError, ImageId, LayoutError, MAX_HEADER_LEN, Manifest, Prefix,
+    Progress, ReleaseError, SignedRelease, TrustedKey, UnpackError, Unpacker, verify_signatures,
 };
 use crate::slot::{self, Place, SlotError};
 use crate::state::{
@@ -88,6 +87,14 @@ pub enum Refusal {
     /// An image runs on trial; it must confirm (or be reverted) first.
     #[error("the running image is on trial: confirm it first")]
     Busy,
+    /// A component's heatshrink window is larger than this device's decoder window.
+    #[error("component needs a {needed}-byte heatshrink window, this device has {have}")]
+    WindowTooLarge {
+        /// Window the component needs.
+        needed: usize,
+        /// Window this device lent the agent.
+        have: usize,
+    },
 }
 
 /// Why an update step failed.
@@ -114,8 +121,8 @@ pub enum UpdateError {
     /// `feed` or `finish` without `begin`.
     #[error("no update in progress: call begin first")]
     NotStarted,
-    /// The window buffer is smaller than the largest supported heatshrink window.
-    #[error("the agent needs a window buffer of {MAX_WINDOW} bytes")]
+    /// The window buffer is smaller than the smallest supported heatshrink window.
+    #[error("the agent needs a window buffer of at least 256 bytes")]
     WindowTooSmall,
     /// Flash failed.
     #[error("{0}")]
@@ -190,14 +197,16 @@ pub struct Agent<'w, 'l> {
 }
 
 impl<'w, 'l> Agent<'w, 'l> {
-    /// An agent; `window` must hold [`MAX_WINDOW`] bytes (the decoder's RAM).
+    /// An agent. `window` is the heatshrink decoder's RAM: [`crate::image::MAX_WINDOW`] bytes take every
+    /// image; a device short of RAM may lend less (at least 256 bytes) and is then refused
+    /// images compressed with a larger window.
     pub fn new<F: NorFlash>(
         flash: &mut F,
         layout: &'l FlashLayout,
         config: AgentConfig<'l>,
         window: &'w mut [u8],
     ) -> Result<Self, UpdateError> {
-        if window.len() < MAX_WINDOW {
+        if window.len() < 256 {
             return Err(UpdateError::WindowTooSmall);
         }
         let log = StateLog::open(flash, layout)?;
@@ -391,6 +400,15 @@ impl<'w, 'l> Agent<'w, 'l> {
             return Err(Refusal::Rollback { counter, min }.into());
         }
         manifest.check_layout(&self.layout.slot_layout(), len).map_err(Refusal::TooLarge)?;
+        for component in manifest.components() {
+            if let Compression::Heatshrink(params) = component.compression() {
+                let needed = 1usize << params.window();
+                if needed > self.window.len() {
+                    let have = self.window.len();
+                    return Err(Refusal::WindowTooLarge { needed, have }.into());
+                }
+            }
+        }
         let units = self.layout.units_for(slot::installed_len(self.layout, &header));
         let (shift, group) =
             self.layout.swap_room(units).ok_or(Refusal::NoRoomInSlotB { units })?;
@@ -474,8 +492,16 @@ impl<'w, 'l> Agent<'w, 'l> {
             }
         }
 
-        let mut unpacker = Unpacker::resume(&component, self.window, body.progress.clone())
-            .map_err(|e| UpdateError::Corrupt(component_error(&component, e)))?;
+        // A stream starts from a zeroed window (encoders may refer into it), so a new component
+        // gets a fresh unpacker; one under way continues on the window it left.
+        let starting = body.progress.consumed == 0 && body.progress.produced == 0;
+        let unpacker = if starting {
+            Unpacker::new(&component, self.window)
+        } else {
+            Unpacker::resume(&component, self.window, body.progress.clone())
+        };
+        let mut unpacker =
+            unpacker.map_err(|e| UpdateError::Corrupt(component_error(&component, e)))?;
         let mut used_total = 0;
         let mut out = [0u8; CHUNK];
         let result = loop {
