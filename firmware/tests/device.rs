@@ -230,6 +230,24 @@ fn releases_for_other_environments_and_replays_are_refused() {
         |b| offer(b, &forged, &v2),
         |e| matches!(e, UpdateError::Refused(Refusal::Release(ReleaseError::UnknownKey(_)))),
     );
+    // The agent remembers the last refusal for the OS to report.
+    let layout = b.device.layout.clone();
+    let id = b.device.identity.clone();
+    let config = AgentConfig {
+        board: &id.board,
+        build_keys: &id.build_keys,
+        environment: &id.environment,
+        environment_keys: &id.environment_keys,
+        checkpoint_every: 16 * 1024,
+    };
+    let mut window = [0u8; MAX_WINDOW];
+    let mut agent = Agent::new(&mut b.device.flash, &layout, config, &mut window).unwrap();
+    assert!(agent.last_refusal().is_none());
+    assert!(agent.begin(&mut b.device.flash, &prod).is_err());
+    assert!(matches!(
+        agent.last_refusal(),
+        Some(Refusal::Release(ReleaseError::WrongEnvironment { .. }))
+    ));
     // The device applied release 10: 10 again, or 9, is a replay.
     for sequence in [10, 9] {
         let old = release(&b.v2, "test", sequence, &b.keys.environment);

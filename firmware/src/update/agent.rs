@@ -194,6 +194,9 @@ pub struct Agent<'w, 'l> {
     header: [u8; MAX_HEADER_LEN],
     release: Option<Release>,
     stage: Stage,
+    /// The last offer refused in this session. Not written to flash: a refusal changes nothing,
+    /// and a server repeating a bad offer must not wear the state log.
+    last_refusal: Option<Refusal>,
 }
 
 impl<'w, 'l> Agent<'w, 'l> {
@@ -218,7 +221,14 @@ impl<'w, 'l> Agent<'w, 'l> {
             header: [0; MAX_HEADER_LEN],
             release: None,
             stage: Stage::Idle,
+            last_refusal: None,
         })
+    }
+
+    /// The last offer refused since this agent was made, and why: with [`super::status`], what
+    /// the OS reports to the server.
+    pub fn last_refusal(&self) -> Option<&Refusal> {
+        self.last_refusal.as_ref()
     }
 
     /// The durable state.
@@ -229,6 +239,23 @@ impl<'w, 'l> Agent<'w, 'l> {
     /// Takes an offer: checks the signed release statement, and either starts a download or,
     /// for the release a reset interrupted, continues it.
     pub fn begin<F: NorFlash>(
+        &mut self,
+        flash: &mut F,
+        release: &[u8],
+    ) -> Result<Started, UpdateError> {
+        let result = self.begin_inner(flash, release);
+        self.note(&result);
+        result
+    }
+
+    /// Remembers a refusal for `last_refusal`.
+    fn note<T>(&mut self, result: &Result<T, UpdateError>) {
+        if let Err(UpdateError::Refused(refusal)) = result {
+            self.last_refusal = Some(refusal.clone());
+        }
+    }
+
+    fn begin_inner<F: NorFlash>(
         &mut self,
         flash: &mut F,
         release: &[u8],
@@ -332,8 +359,18 @@ impl<'w, 'l> Agent<'w, 'l> {
         Ok(Started { resume_from: cp.transport_offset })
     }
 
-    /// Feeds the next bytes of the `.fwi` (any size, in order).
-    pub fn feed<F: NorFlash>(
+    /// Feeds the next bytes of the `.fwi` (any size, in order). After an error the download
+    /// stops here (a resumable one can be taken up again with `begin`).
+    pub fn feed<F: NorFlash>(&mut self, flash: &mut F, bytes: &[u8]) -> Result<(), UpdateError> {
+        let result = self.feed_all(flash, bytes);
+        if result.is_err() {
+            self.stage = Stage::Idle;
+        }
+        self.note(&result);
+        result
+    }
+
+    fn feed_all<F: NorFlash>(
         &mut self,
         flash: &mut F,
         mut bytes: &[u8],
@@ -343,30 +380,20 @@ impl<'w, 'l> Agent<'w, 'l> {
                 Stage::Idle => return Err(UpdateError::NotStarted),
                 Stage::Complete(_) => return Err(UpdateError::TrailingData),
                 Stage::Header { have } => {
-                    let have_now = *have;
-                    let wanted = if have_now < Prefix::LEN {
-                        Prefix::LEN
-                    } else {
-                        Prefix::parse(&self.header[..Prefix::LEN])
-                            .map_err(Refusal::from)?
-                            .header_len()
+                    // First the fixed prefix, which gives the header's length; then the rest.
+                    let have = *have;
+                    let wanted = match have.checked_sub(Prefix::LEN) {
+                        None => Prefix::LEN,
+                        Some(_) => self.header_len()?,
                     };
-                    let n = (wanted - have_now).min(bytes.len());
-                    self.header[have_now..have_now + n].copy_from_slice(&bytes[..n]);
+                    let n = (wanted - have).min(bytes.len());
+                    self.header[have..have + n].copy_from_slice(&bytes[..n]);
                     bytes = &bytes[n..];
-                    let have_now = have_now + n;
-                    self.stage = Stage::Header { have: have_now };
-                    if have_now == Prefix::LEN {
-                        // Checks the prefix now, so a stream that is not an image stops early.
-                        Prefix::parse(&self.header[..Prefix::LEN]).map_err(Refusal::from)?;
-                    }
-                    if have_now > Prefix::LEN || (have_now == Prefix::LEN && wanted > Prefix::LEN) {
-                        let len = Prefix::parse(&self.header[..Prefix::LEN])
-                            .map_err(Refusal::from)?
-                            .header_len();
-                        if have_now == len {
-                            self.accept_header(flash, len)?;
-                        }
+                    let have = have + n;
+                    self.stage = Stage::Header { have };
+                    // Checked as soon as it is complete: a stream that is not an image stops here.
+                    if have >= Prefix::LEN && have == self.header_len()? {
+                        self.accept_header(flash, have)?;
                     }
                 }
                 Stage::Body(_) => {
@@ -376,6 +403,12 @@ impl<'w, 'l> Agent<'w, 'l> {
             }
         }
         Ok(())
+    }
+
+    /// The header's length, from the prefix collected so far.
+    fn header_len(&self) -> Result<usize, UpdateError> {
+        let prefix = Prefix::parse(&self.header[..Prefix::LEN]).map_err(Refusal::from)?;
+        Ok(prefix.header_len())
     }
 
     /// Checks a complete header and, if everything is acceptable, starts writing.

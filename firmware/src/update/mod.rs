@@ -57,7 +57,9 @@ pub fn confirm<F: NorFlash>(
     }
 }
 
-/// The running image, both slots and the last outcome, for the OS to report.
+/// The running image, both slots and the last outcome, for the OS to report. (An offer refused
+/// before anything was written leaves no trace in flash: the agent that refused it says why,
+/// [`Agent::last_refusal`].)
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Status {
     /// The image in slot A (from its header), if readable.

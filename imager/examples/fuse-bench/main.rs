@@ -169,7 +169,7 @@ fn main() -> Result<()> {
             println!(
                 "  {:<10} {:>11} B {:>14.3} {:>15} {:>14}   (reference C only; not supported on the device)",
                 format!("{w}/{l}"),
-                (1usize << w) + 80,
+                (1usize << w) + 32,
                 size as f64 / input.len() as f64,
                 "-",
                 "-"
