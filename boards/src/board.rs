@@ -218,7 +218,7 @@ impl Board {
     pub fn flash_layout(
         &self,
     ) -> Result<firmware::flash::FlashLayout, firmware::flash::LayoutProblem> {
-        use firmware::flash::{FlashLayout, Region, SectorRun};
+        use firmware::flash::{FlashLayout, LayoutSpec, Region, SectorRun};
         let runs: Vec<SectorRun> = match &self.flash.erase {
             EraseLayout::Uniform(size) => {
                 vec![SectorRun { size: *size, count: self.flash.size / size }]
@@ -228,15 +228,15 @@ impl Board {
             }
         };
         let region = |p: Partition| Region { offset: p.offset, size: p.size };
-        FlashLayout::new(
-            self.flash.base,
-            &runs,
-            self.flash.write_unit,
-            self.flash.erased_value,
-            region(self.partitions.slot_a),
-            region(self.partitions.slot_b),
-            region(self.partitions.state),
-            self.image.header_size,
-        )
+        FlashLayout::new(LayoutSpec {
+            base: self.flash.base,
+            sectors: &runs,
+            write_unit: self.flash.write_unit,
+            erased: self.flash.erased_value,
+            slot_a: region(self.partitions.slot_a),
+            slot_b: region(self.partitions.slot_b),
+            state: region(self.partitions.state),
+            header_size: self.image.header_size,
+        })
     }
 }

@@ -12,7 +12,7 @@
 //! Ends with `power-cut: N cuts, B bricked`; exits non-zero if B > 0.
 
 use boards::Catalog;
-use firmware::flash::{FlashLayout, Region, SectorRun, Slot};
+use firmware::flash::{FlashLayout, LayoutSpec, Region, SectorRun, Slot};
 use firmware::sim::build::describe;
 use firmware::sim::campaign::{self, Plan, Tally};
 
@@ -54,16 +54,16 @@ fn units(layout: &FlashLayout) -> u32 {
 fn extra_targets() -> Vec<(String, FlashLayout, u32)> {
     let kib = 1024;
     let layout = |a: u32, b: u32| {
-        FlashLayout::new(
-            0,
-            &[SectorRun { size: kib, count: 256 }],
-            4,
-            0xFF,
-            Region { offset: 16 * kib, size: a * kib },
-            Region { offset: (16 + a) * kib, size: b * kib },
-            Region { offset: (16 + a + b) * kib, size: 8 * kib },
-            0x400,
-        )
+        FlashLayout::new(LayoutSpec {
+            base: 0,
+            sectors: &[SectorRun { size: kib, count: 256 }],
+            write_unit: 4,
+            erased: 0xFF,
+            slot_a: Region { offset: 16 * kib, size: a * kib },
+            slot_b: Region { offset: (16 + a) * kib, size: b * kib },
+            state: Region { offset: (16 + a + b) * kib, size: 8 * kib },
+            header_size: 0x400,
+        })
         .expect("a valid layout")
     };
     vec![("tight".into(), layout(8, 9), 8), ("r1".into(), layout(112, 112), 80)]

@@ -2,21 +2,21 @@
 //! the boot logic are only as good as these rules.
 
 use embedded_storage::nor_flash::{NorFlash, ReadNorFlash};
-use firmware::flash::{FlashLayout, Region, SectorRun};
+use firmware::flash::{FlashLayout, LayoutSpec, Region, SectorRun};
 use firmware::sim::{Cut, CutKind, SimFlash};
 
 /// 2 x 1 KiB, then 4 x 4 KiB sectors; write unit 4. (The partitions only carry the geometry.)
 fn layout() -> FlashLayout {
-    FlashLayout::new(
-        0,
-        &[SectorRun { size: 1024, count: 2 }, SectorRun { size: 4096, count: 4 }],
-        4,
-        0xFF,
-        Region { offset: 0, size: 1024 },
-        Region { offset: 1024, size: 1024 + 4096 },
-        Region { offset: 6144, size: 8192 },
-        0x100,
-    )
+    FlashLayout::new(LayoutSpec {
+        base: 0,
+        sectors: &[SectorRun { size: 1024, count: 2 }, SectorRun { size: 4096, count: 4 }],
+        write_unit: 4,
+        erased: 0xFF,
+        slot_a: Region { offset: 0, size: 1024 },
+        slot_b: Region { offset: 1024, size: 1024 + 4096 },
+        state: Region { offset: 6144, size: 8192 },
+        header_size: 0x100,
+    })
     .unwrap()
 }
 

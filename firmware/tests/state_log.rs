@@ -1,7 +1,7 @@
 //! The state log: replays what was appended, skips torn records, survives power cuts while it
 //! moves to its next unit, and erases a unit only when it moves into it.
 
-use firmware::flash::{FlashLayout, Region, SectorRun};
+use firmware::flash::{FlashLayout, LayoutSpec, Region, SectorRun};
 use firmware::sim::{Cut, CutKind, SimFlash};
 use firmware::state::{
     ImageTag, Outcome, OutcomeKind, Pending, Phase, Record, State, StateLog, marker_area,
@@ -9,16 +9,16 @@ use firmware::state::{
 
 /// State partition of 2 x 1 KiB units (32 slots each), write unit 4.
 fn layout() -> FlashLayout {
-    FlashLayout::new(
-        0,
-        &[SectorRun { size: 1024, count: 32 }],
-        4,
-        0xFF,
-        Region { offset: 0, size: 8 * 1024 },
-        Region { offset: 8 * 1024, size: 10 * 1024 },
-        Region { offset: 18 * 1024, size: 2 * 1024 },
-        0x400,
-    )
+    FlashLayout::new(LayoutSpec {
+        base: 0,
+        sectors: &[SectorRun { size: 1024, count: 32 }],
+        write_unit: 4,
+        erased: 0xFF,
+        slot_a: Region { offset: 0, size: 8 * 1024 },
+        slot_b: Region { offset: 8 * 1024, size: 10 * 1024 },
+        state: Region { offset: 18 * 1024, size: 2 * 1024 },
+        header_size: 0x400,
+    })
     .unwrap()
 }
 

@@ -77,19 +77,32 @@ pub struct FlashLayout {
     header_size: u32,
 }
 
+/// What a [`FlashLayout`] is made from (usually the board file).
+#[derive(Clone, Copy, Debug)]
+pub struct LayoutSpec<'a> {
+    /// Absolute address of flash offset 0.
+    pub base: u32,
+    /// Erase units, from the start of flash.
+    pub sectors: &'a [SectorRun],
+    /// Smallest programmable unit.
+    pub write_unit: u32,
+    /// Value of an erased byte.
+    pub erased: u8,
+    /// Slot A: runs in place.
+    pub slot_a: Region,
+    /// Slot B: download, and the previous image after a swap.
+    pub slot_b: Region,
+    /// The state log.
+    pub state: Region,
+    /// Bytes reserved for the image header at the start of slot A.
+    pub header_size: u32,
+}
+
 impl FlashLayout {
     /// A checked layout.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        base: u32,
-        sectors: &[SectorRun],
-        write_unit: u32,
-        erased: u8,
-        slot_a: Region,
-        slot_b: Region,
-        state: Region,
-        header_size: u32,
-    ) -> Result<Self, LayoutProblem> {
+    pub fn new(spec: LayoutSpec<'_>) -> Result<Self, LayoutProblem> {
+        let LayoutSpec { base, sectors, write_unit, erased, slot_a, slot_b, state, header_size } =
+            spec;
         let sectors = heapless::Vec::from_slice(sectors).map_err(|_| LayoutProblem::Sectors)?;
         let total: u64 = sectors.iter().map(|r| u64::from(r.size) * u64::from(r.count)).sum();
         if sectors.is_empty()

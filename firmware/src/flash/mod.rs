@@ -9,4 +9,6 @@
 pub mod io;
 mod layout;
 
-pub use layout::{FlashLayout, LayoutProblem, MAX_SECTOR_RUNS, Region, SectorRun, Slot};
+pub use layout::{
+    FlashLayout, LayoutProblem, LayoutSpec, MAX_SECTOR_RUNS, Region, SectorRun, Slot,
+};

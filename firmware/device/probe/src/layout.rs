@@ -3,17 +3,17 @@
 
 /// The layout.
 pub fn probe_layout() -> firmware::flash::FlashLayout {
-    use firmware::flash::{FlashLayout, Region, SectorRun};
-    FlashLayout::new(
-        0x1_0000,
-        &[SectorRun { size: 1024, count: 102 }],
-        4,
-        0xFF,
-        Region { offset: 0, size: 0xC000 },
-        Region { offset: 0xC000, size: 0xD000 },
-        Region { offset: STATE_OFFSET, size: STATE_SIZE as u32 },
-        0x400,
-    )
+    use firmware::flash::{FlashLayout, LayoutSpec, Region, SectorRun};
+    FlashLayout::new(LayoutSpec {
+        base: 0x1_0000,
+        sectors: &[SectorRun { size: 1024, count: 102 }],
+        write_unit: 4,
+        erased: 0xFF,
+        slot_a: Region { offset: 0, size: 0xC000 },
+        slot_b: Region { offset: 0xC000, size: 0xD000 },
+        state: Region { offset: STATE_OFFSET, size: STATE_SIZE as u32 },
+        header_size: 0x400,
+    })
     .unwrap()
 }
 
