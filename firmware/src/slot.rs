@@ -48,6 +48,23 @@ pub enum SlotError {
     /// The image does not fit where it would have to go.
     #[error("the image does not fit the slots")]
     DoesNotFit,
+    /// The image is for another board.
+    #[error("the image is for another board")]
+    WrongBoard,
+    /// Bytes between the header and the components, or between components, are not erased.
+    #[error("bytes between the image's parts are not erased (at installed offset {0:#x})")]
+    Gap(u32),
+}
+
+/// What [`check`] requires of an image besides being intact.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Checks<'a> {
+    /// Trusted build keys (`None`: signatures not checked).
+    pub keys: Option<&'a [TrustedKey]>,
+    /// Images below this security counter fail.
+    pub min_security_counter: u32,
+    /// The board images must be for (`None`: not checked).
+    pub board: Option<&'a str>,
 }
 
 /// An image checked in place.
@@ -121,8 +138,9 @@ pub fn read_header<'b, F: NorFlash>(
     Ok(Header::parse(&buf[..len])?)
 }
 
-/// Checks the image in `place`: header, placement in slot A, signatures (when `keys` is given),
-/// the hash of every component read back from flash, and the security counter.
+/// Checks the image in `place`: header, placement in slot A, board, signatures (when keys are
+/// given), the hash of every component read back from flash, that the bytes between the
+/// components are erased, and the security counter.
 ///
 /// Never inlined: its buffers (header, chunk, hash state) then sit in one stack frame, however
 /// many places call it.
@@ -131,15 +149,19 @@ pub fn check<F: NorFlash>(
     flash: &mut F,
     layout: &FlashLayout,
     place: Place,
-    keys: Option<&[TrustedKey]>,
-    min_security_counter: u32,
+    checks: &Checks<'_>,
 ) -> Result<SlotImage, SlotError> {
     let mut buf = [0u8; MAX_HEADER_LEN];
     let header = read_header(flash, layout, place, &mut buf)?;
     let manifest = header.manifest();
     let slot_a = layout.slot_layout();
     manifest.check_layout(&slot_a, header.len()).map_err(ImageError::from)?;
-    if let Some(keys) = keys {
+    if let Some(board) = checks.board
+        && manifest.board() != board
+    {
+        return Err(SlotError::WrongBoard);
+    }
+    if let Some(keys) = checks.keys {
         verify_signatures(&header, keys)?;
     }
     let id = header.id();
@@ -147,6 +169,8 @@ pub fn check<F: NorFlash>(
     let mut end = header_len;
     for component in manifest.components() {
         let start = component.load_address() - slot_a.start;
+        // No stray bytes in executable flash: what no hash covers must be erased.
+        check_erased(flash, layout, place, end, start)?;
         let mut hasher = Sha256::new();
         let mut chunk = [0u8; io::CHUNK];
         let mut done = 0;
@@ -169,10 +193,10 @@ pub fn check<F: NorFlash>(
         }
         end = end.max(start + component.size());
     }
-    if manifest.security_counter() < min_security_counter {
+    if manifest.security_counter() < checks.min_security_counter {
         return Err(SlotError::Rollback {
             counter: manifest.security_counter(),
-            min: min_security_counter,
+            min: checks.min_security_counter,
         });
     }
     let address =
@@ -206,6 +230,27 @@ pub fn installed_len(layout: &FlashLayout, header: &Header<'_>) -> u32 {
         .manifest()
         .components()
         .iter()
-        .map(|c| (c.end_address() - u64::from(start)) as u32)
+        .map(|c| c.end_address().saturating_sub(u64::from(start)).min(u64::from(u32::MAX)) as u32)
         .fold(header.len() as u32, u32::max)
+}
+
+/// Fails unless installed bytes `[from, to)` of the image in `place` read erased.
+fn check_erased<F: NorFlash>(
+    flash: &mut F,
+    layout: &FlashLayout,
+    place: Place,
+    from: u32,
+    to: u32,
+) -> Result<(), SlotError> {
+    let mut chunk = [0u8; io::CHUNK];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(io::CHUNK as u32) as usize;
+        read_installed(flash, layout, place, at, &mut chunk[..n])?;
+        if let Some(i) = chunk[..n].iter().position(|&b| b != layout.erased()) {
+            return Err(SlotError::Gap(at + i as u32));
+        }
+        at += n as u32;
+    }
+    Ok(())
 }

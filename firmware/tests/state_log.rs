@@ -140,7 +140,7 @@ fn markers_count_swap_progress_even_when_torn() {
         done: 0,
         markers: 0,
     };
-    pending.markers = marker_area(&pending);
+    pending.markers = marker_area(&layout, &pending);
     log.append(&mut flash, Record::Pending(pending)).unwrap();
     log.set_marker(&mut flash).unwrap();
     // A torn marker does not count; the next one goes after it.

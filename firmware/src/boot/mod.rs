@@ -23,7 +23,7 @@ use embedded_storage::nor_flash::NorFlash;
 use crate::flash::io::FlashError;
 use crate::flash::{FlashLayout, Slot};
 use crate::image::{MAX_HEADER_LEN, TrustedKey};
-use crate::slot::{self, Place, SlotError, SlotImage};
+use crate::slot::{self, Checks, Place, SlotError, SlotImage};
 use crate::state::{
     FailReason, ImageTag, Outcome, OutcomeKind, Phase, Record, RevertReason, StateError, StateLog,
 };
@@ -31,6 +31,8 @@ use crate::state::{
 /// How the boot logic checks and trials images.
 #[derive(Clone, Copy, Debug)]
 pub struct BootConfig<'a> {
+    /// This device's board: images for another are not booted (`None`: not checked).
+    pub board: Option<&'a str>,
     /// Build keys images must be signed by.
     pub keys: &'a [TrustedKey],
     /// Whether to check signatures before booting (hashes are always checked).
@@ -42,11 +44,15 @@ pub struct BootConfig<'a> {
 impl<'a> BootConfig<'a> {
     /// Signatures checked, one trial boot.
     pub fn new(keys: &'a [TrustedKey]) -> Self {
-        BootConfig { keys, verify_signatures: true, trial_boots: 1 }
+        BootConfig { board: None, keys, verify_signatures: true, trial_boots: 1 }
     }
 
-    fn keys(&self) -> Option<&'a [TrustedKey]> {
-        self.verify_signatures.then_some(self.keys)
+    fn checks(&self, min_security_counter: u32) -> Checks<'a> {
+        Checks {
+            keys: self.verify_signatures.then_some(self.keys),
+            min_security_counter,
+            board: self.board,
+        }
     }
 }
 
@@ -93,28 +99,43 @@ pub fn boot<F: NorFlash>(
     config: &BootConfig<'_>,
 ) -> Result<Booted, BootError> {
     let mut log = StateLog::open(flash, layout)?;
+    if log.formatted() {
+        // A new device, or a log destroyed: the image in slot A was accepted once, so its
+        // security counter is a floor nothing older may go below.
+        let checks = config.checks(0);
+        match slot::check(flash, layout, Place::A, &checks) {
+            Ok(image) => log.append(
+                flash,
+                Record::Base { min_security_counter: image.security_counter, release_sequence: 0 },
+            )?,
+            Err(SlotError::Flash(e)) => return Err(e.into()),
+            Err(_) => {}
+        }
+    }
+    // At most one revert or restore per boot: if slot A still fails after one, flash is not
+    // doing what it is told, and going round again would only wear it.
+    let mut reverted = false;
     loop {
         let state = *log.state();
+        let checks = config.checks(state.min_security_counter);
         match state.phase {
             Phase::Reverting { reason, units, image } => {
                 swap::copy_back(flash, layout, units)?;
                 let outcome = Outcome { kind: OutcomeKind::Reverted(reason), image };
                 log.append(flash, Record::Outcome(outcome))?;
+                reverted = true;
             }
             Phase::Swapping { pending, done } => {
                 if done == 0 {
                     // Nothing moved yet: make sure what waits in B still is the image that was
                     // verified, before the swap destroys anything.
                     let place = Place { slot: Slot::B, shift: pending.shift.into() };
-                    let ok = slot::check(
-                        flash,
-                        layout,
-                        place,
-                        config.keys(),
-                        state.min_security_counter,
-                    )
-                    .is_ok_and(|img| crate::state::ImageTag::of(&img.id) == pending.image);
-                    if !ok {
+                    let still_there = match slot::check(flash, layout, place, &checks) {
+                        Ok(image) => ImageTag::of(&image.id) == pending.image,
+                        Err(SlotError::Flash(e)) => return Err(e.into()),
+                        Err(_) => false,
+                    };
+                    if !still_there {
                         let kind = OutcomeKind::Failed(FailReason::PendingCorrupt);
                         log.append(flash, Record::Outcome(Outcome { kind, image: pending.image }))?;
                         continue;
@@ -122,39 +143,59 @@ pub fn boot<F: NorFlash>(
                 }
                 swap::swap(flash, layout, &mut log, pending, done)?;
                 let units = pending.new_units.min(pending.old_units);
-                let record = Record::TrialStart {
-                    image: pending.image,
-                    boots_allowed: config.trial_boots.max(1),
-                    units,
-                };
-                log.append(flash, record)?;
-                match check_a(flash, layout, config, state.min_security_counter) {
-                    Ok(image) => return Ok(Booted { image, trial: true }),
-                    Err(_) => begin_revert(flash, &mut log, RevertReason::ImageInvalid)?,
+                let boots_allowed = config.trial_boots.max(1);
+                log.append(
+                    flash,
+                    Record::TrialStart { image: pending.image, boots_allowed, units },
+                )?;
+                match slot::check(flash, layout, Place::A, &checks) {
+                    Ok(image) if ImageTag::of(&image.id) == pending.image => {
+                        return Ok(Booted { image, trial: true });
+                    }
+                    Err(SlotError::Flash(e)) => return Err(e.into()),
+                    Ok(_) | Err(_) => {
+                        let reason = RevertReason::ImageInvalid;
+                        begin_revert(flash, &mut log, reason, units, pending.image)?;
+                    }
                 }
             }
-            Phase::Trial { boots, boots_allowed, .. } => {
-                if boots >= boots_allowed {
-                    begin_revert(flash, &mut log, RevertReason::NotConfirmed)?;
+            Phase::Trial { image, boots, boots_allowed, units } => {
+                if boots >= boots_allowed && units > 0 {
+                    begin_revert(flash, &mut log, RevertReason::NotConfirmed, units, image)?;
                     continue;
                 }
-                log.append(flash, Record::TrialBoot)?;
-                match check_a(flash, layout, config, state.min_security_counter) {
-                    Ok(image) => return Ok(Booted { image, trial: true }),
-                    Err(_) => begin_revert(flash, &mut log, RevertReason::ImageInvalid)?,
+                // (With nothing to revert to, because slot A held no image before, the new image
+                // keeps running on trial until it confirms.)
+                if boots < boots_allowed {
+                    log.append(flash, Record::TrialBoot { boots: boots.saturating_add(1) })?;
+                }
+                match slot::check(flash, layout, Place::A, &checks) {
+                    Ok(checked) if ImageTag::of(&checked.id) == image => {
+                        return Ok(Booted { image: checked, trial: true });
+                    }
+                    Err(SlotError::Flash(e)) => return Err(e.into()),
+                    Ok(_) | Err(_) if units > 0 => {
+                        begin_revert(flash, &mut log, RevertReason::ImageInvalid, units, image)?;
+                    }
+                    Ok(_) => {
+                        let slot_a = SlotError::Image(crate::image::ImageError::NotAnImage);
+                        return Err(BootError::NoBootableImage { slot_a });
+                    }
+                    Err(slot_a) => return Err(BootError::NoBootableImage { slot_a }),
                 }
             }
             Phase::Idle | Phase::Downloading { .. } => {
-                let slot_a = match check_a(flash, layout, config, state.min_security_counter) {
+                let slot_a = match slot::check(flash, layout, Place::A, &checks) {
                     Ok(image) => return Ok(Booted { image, trial: false }),
                     Err(SlotError::Flash(e)) => return Err(BootError::Flash(e)),
                     Err(problem) => problem,
                 };
-                // Slot A is damaged: restore the previous image from slot B if it can be.
-                if matches!(state.phase, Phase::Downloading { .. }) {
+                // Slot A is damaged: restore the previous image from slot B if it can be (not
+                // while a download overwrites slot B, and not twice in one boot).
+                if reverted || matches!(state.phase, Phase::Downloading { .. }) {
                     return Err(BootError::NoBootableImage { slot_a });
                 }
-                match restorable(flash, layout, config, state.min_security_counter)? {
+                match restorable(flash, layout, &checks)? {
                     Some((units, image)) => {
                         let reason = RevertReason::ImageInvalid;
                         log.append(flash, Record::RevertBegin { reason, units, image })?;
@@ -174,11 +215,10 @@ pub fn boot<F: NorFlash>(
 fn restorable<F: NorFlash>(
     flash: &mut F,
     layout: &FlashLayout,
-    config: &BootConfig<'_>,
-    min_security_counter: u32,
+    checks: &Checks<'_>,
 ) -> Result<Option<(u16, ImageTag)>, BootError> {
     let previous = Place { slot: Slot::B, shift: 0 };
-    let image = match slot::check(flash, layout, previous, config.keys(), min_security_counter) {
+    let image = match slot::check(flash, layout, previous, checks) {
         Ok(image) => image,
         Err(SlotError::Flash(e)) => return Err(e.into()),
         Err(_) => return Ok(None),
@@ -193,24 +233,15 @@ fn restorable<F: NorFlash>(
     Ok(Some((image.units as u16, current)))
 }
 
-fn check_a<F: NorFlash>(
-    flash: &mut F,
-    layout: &FlashLayout,
-    config: &BootConfig<'_>,
-    min_security_counter: u32,
-) -> Result<SlotImage, SlotError> {
-    slot::check(flash, layout, Place::A, config.keys(), min_security_counter)
-}
-
-/// Records that a revert begins; the copy itself runs on the next turn of the boot loop.
+/// Records that a revert of `image` begins; the copy itself runs on the next turn of the boot
+/// loop.
 fn begin_revert<F: NorFlash>(
     flash: &mut F,
     log: &mut StateLog<'_>,
     reason: RevertReason,
+    units: u16,
+    image: ImageTag,
 ) -> Result<(), BootError> {
-    let Phase::Trial { image, units, .. } = log.state().phase else {
-        return Ok(());
-    };
     log.append(flash, Record::RevertBegin { reason, units, image })?;
     Ok(())
 }

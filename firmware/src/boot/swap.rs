@@ -90,7 +90,11 @@ pub(super) fn copy_back<F: NorFlash>(
     layout: &FlashLayout,
     units: u16,
 ) -> Result<(), BootError> {
-    for j in 0..u32::from(units) {
+    // A record says how many; the slots say how many there can be.
+    let units = u32::from(units)
+        .min(layout.unit_count(layout.slot(Slot::A)))
+        .min(layout.unit_count(layout.slot(Slot::B)));
+    for j in 0..units {
         copy(flash, layout, unit(layout, Slot::B, j)?, unit(layout, Slot::A, j)?)?;
     }
     Ok(())

@@ -55,8 +55,8 @@ pub enum LayoutProblem {
     /// Partitions overlap.
     #[error("partitions overlap")]
     Overlap,
-    /// The state partition needs at least two erase units.
-    #[error("the state partition needs at least two erase units")]
+    /// The state partition needs at least two erase units of 512 bytes or more.
+    #[error("the state partition needs at least two erase units of 512 bytes or more")]
     StateUnits,
     /// The header does not fit slot A.
     #[error("the image header size does not fit slot A")]
@@ -143,7 +143,12 @@ impl FlashLayout {
         if overlap(slot_a, slot_b) || overlap(slot_a, state) || overlap(slot_b, state) {
             return Err(LayoutProblem::Overlap);
         }
-        if layout.unit_count(state) < 2 {
+        // The state log needs two units or more, each holding a few records and markers.
+        let smallest_state_unit = (0..layout.unit_count(state))
+            .filter_map(|i| layout.unit(state, i))
+            .map(|u| u.size)
+            .min();
+        if layout.unit_count(state) < 2 || smallest_state_unit.is_none_or(|size| size < 512) {
             return Err(LayoutProblem::StateUnits);
         }
         if header_size == 0 || header_size >= slot_a.size || !header_size.is_multiple_of(write_unit)
@@ -256,12 +261,17 @@ impl FlashLayout {
         if units == 0 || units > a_units || b_units < units + 1 {
             return None;
         }
-        let group = ((b_units - units) / 2).clamp(1, 16);
-        [(2 * group, group), (1, 1)].into_iter().find_map(|(shift, group)| {
-            let size = |region, index| self.unit(region, index).map(|u| u.size);
-            let fits = shift + units <= b_units
-                && (0..units).all(|j| size(a, j) == size(b, j) && size(a, j) == size(b, j + shift));
-            fits.then_some((shift as u8, group as u8))
-        })
+        let largest = ((b_units - units) / 2).clamp(1, 16);
+        let size = |region, index| self.unit(region, index).map(|u| u.size);
+        let fits = |shift: u32| {
+            shift + units <= b_units
+                && (0..units).all(|j| size(a, j) == size(b, j) && size(a, j) == size(b, j + shift))
+        };
+        (1..=largest)
+            .rev()
+            .map(|group| (2 * group, group))
+            .chain([(1, 1)])
+            .find(|&(shift, _)| fits(shift))
+            .map(|(shift, group)| (shift as u8, group as u8))
     }
 }

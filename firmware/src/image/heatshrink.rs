@@ -83,11 +83,6 @@ impl DecoderState {
         };
         (state.bit_count < 16 && state.bits >> state.bit_count == 0).then_some(state)
     }
-
-    /// Whether this state can be saved in [`DecoderState::to_bytes`] without loss.
-    pub fn is_saveable(&self) -> bool {
-        self.bit_count < 16
-    }
 }
 
 /// A heatshrink decoder over a borrowed window.

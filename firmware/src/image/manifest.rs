@@ -5,7 +5,7 @@ use sha2::{Digest, Sha256};
 
 use super::Version;
 use super::error::{LayoutError, ManifestError};
-use super::{Compression, FORMAT_VERSION, ImageId, MAX_BOARD_LEN, MAX_COMPONENTS, MAX_NAME_LEN};
+use super::{Compression, FORMAT_VERSION, MAX_BOARD_LEN, MAX_COMPONENTS, MAX_NAME_LEN};
 
 /// A component name: `os`, `app`, or a data part's own name.
 pub type ComponentName = heapless::String<MAX_NAME_LEN>;
@@ -345,10 +345,6 @@ impl Manifest {
     /// Total payload bytes that follow the header in the transport file.
     pub fn payload_len(&self) -> u64 {
         self.components.iter().map(|c| u64::from(c.stored_size)).sum()
-    }
-    /// The id of the image whose manifest encodes to `manifest_bytes`.
-    pub fn id_of(manifest_bytes: &[u8]) -> ImageId {
-        ImageId::of_manifest(manifest_bytes)
     }
 }
 

@@ -36,10 +36,9 @@ impl<'a> Reader<'a> {
     }
 
     pub(super) fn take<const N: usize>(&mut self) -> Result<[u8; N], ManifestError> {
-        let bytes = self
-            .bytes
-            .get(self.at..self.at + N)
-            .ok_or(malformed(Error::DeserializeUnexpectedEnd))?;
+        let end = self.at.checked_add(N).ok_or(malformed(Error::DeserializeUnexpectedEnd))?;
+        let bytes =
+            self.bytes.get(self.at..end).ok_or(malformed(Error::DeserializeUnexpectedEnd))?;
         self.at += N;
         let mut out = [0; N];
         out.copy_from_slice(bytes);
@@ -96,10 +95,9 @@ impl<'a> Reader<'a> {
         out: &mut heapless::String<N>,
     ) -> Result<(), ManifestError> {
         let len = self.len()?;
-        let bytes = self
-            .bytes
-            .get(self.at..self.at + len)
-            .ok_or(malformed(Error::DeserializeUnexpectedEnd))?;
+        let end = self.at.checked_add(len).ok_or(malformed(Error::DeserializeUnexpectedEnd))?;
+        let bytes =
+            self.bytes.get(self.at..end).ok_or(malformed(Error::DeserializeUnexpectedEnd))?;
         let text = core::str::from_utf8(bytes).map_err(|_| malformed(Error::DeserializeBadUtf8))?;
         out.clear();
         out.push_str(text).map_err(|_| malformed(Error::DeserializeBadEncoding))?;

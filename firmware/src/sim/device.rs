@@ -67,6 +67,7 @@ impl SimDevice {
     /// Runs the boot logic.
     pub fn boot(&mut self) -> Result<Booted, BootError> {
         let config = BootConfig {
+            board: Some(&self.identity.board),
             keys: &self.identity.build_keys,
             verify_signatures: true,
             trial_boots: self.trial_boots,

@@ -50,39 +50,56 @@ pub struct StateLog<'l> {
     next: u32,
     markers: Option<MarkerArea>,
     state: State,
+    formatted: bool,
 }
 
 impl<'l> StateLog<'l> {
-    /// Reads the log and replays it. A partition without any valid unit (a new device) is
-    /// initialized to the empty state.
+    /// Reads the log and replays it. A partition without any valid unit (a new device, or one
+    /// whose log is destroyed) is initialized to the empty state ([`StateLog::formatted`]).
+    ///
+    /// The durable counters only ever rise, and every valid record holds their true value when
+    /// it was written, so they are taken as the highest found in any valid record of any unit:
+    /// damage to the current unit (even its start record) cannot take them back.
     // Not inlined (nor are `append` and `set_marker`): their buffers then take stack only while
     // they run, not in the frame of a caller that goes on to check an image.
     #[inline(never)]
     pub fn open<F: NorFlash>(flash: &mut F, layout: &'l FlashLayout) -> Result<Self, StateError> {
-        let region = layout.state();
-        let mut current: Option<(u32, u32)> = None;
-        for index in 0..layout.unit_count(region) {
-            let unit = unit(layout, index);
-            if let Some(Record::UnitStart { sequence }) = read_record(flash, unit.offset)?
-                && current.is_none_or(|(best, _)| sequence > best)
+        let count = layout.unit_count(layout.state());
+        let mut current: Option<StateLog<'l>> = None;
+        let (mut min_counter, mut release) = (0u32, 0u64);
+        for index in 0..count {
+            let start = read_record(flash, unit(layout, index).offset)?;
+            let sequence = match start {
+                Some(Record::UnitStart { sequence }) => Some(sequence),
+                _ => None,
+            };
+            let mut log = StateLog::at(layout, index, sequence.unwrap_or(0));
+            log.replay(flash)?;
+            min_counter = min_counter.max(log.state.min_security_counter);
+            release = release.max(log.state.release_sequence);
+            if let Some(sequence) = sequence
+                && current.as_ref().is_none_or(|best| sequence > best.sequence)
             {
-                current = Some((sequence, index));
+                current = Some(log);
             }
         }
-        let Some((sequence, unit_index)) = current else {
-            let mut log = StateLog {
-                layout,
-                unit_index: layout.unit_count(region) - 1,
-                unit: unit(layout, layout.unit_count(region) - 1),
-                sequence: 0,
-                next: 0,
-                markers: None,
-                state: State::default(),
-            };
-            log.move_to_next_unit(flash, 0)?;
-            return Ok(log);
-        };
-        let mut log = StateLog {
+        match current {
+            Some(mut log) => {
+                log.state.min_security_counter = min_counter;
+                log.state.release_sequence = release;
+                Ok(log)
+            }
+            None => {
+                let mut log = StateLog::at(layout, count - 1, 0);
+                log.formatted = true;
+                log.move_to_next_unit(flash, 0)?;
+                Ok(log)
+            }
+        }
+    }
+
+    fn at(layout: &'l FlashLayout, unit_index: u32, sequence: u32) -> Self {
+        StateLog {
             layout,
             unit_index,
             unit: unit(layout, unit_index),
@@ -90,9 +107,13 @@ impl<'l> StateLog<'l> {
             next: 0,
             markers: None,
             state: State::default(),
-        };
-        log.replay(flash)?;
-        Ok(log)
+            formatted: false,
+        }
+    }
+
+    /// Whether `open` found no valid log and started an empty one.
+    pub fn formatted(&self) -> bool {
+        self.formatted
     }
 
     /// The current state.
@@ -208,7 +229,15 @@ impl<'l> StateLog<'l> {
         };
         if self.markers.is_none_or(|m| m.next >= m.end) {
             let remaining = marker_count(&pending).saturating_sub(done);
-            self.append(flash, Record::MoreMarkers { done, markers: remaining + SPARE_MARKERS })?;
+            let markers = area_len(self.layout, remaining);
+            let record = Record::MoreMarkers { done, markers };
+            if self.next + self.footprint(&record) > self.unit.end() {
+                // Moving restates the swap with a fresh marker area: that is the room needed.
+                self.move_to_next_unit(flash, 0)?;
+            }
+            if self.markers.is_none_or(|m| m.next >= m.end) {
+                self.write_record(flash, record)?;
+            }
         }
         let Some(area) = self.markers.as_mut() else { return Err(StateError::NoSwap) };
         let at = area.next;
@@ -233,8 +262,8 @@ impl<'l> StateLog<'l> {
         if !io::is_erased(flash, target, self.layout.erased())? {
             io::erase(flash, target)?;
         }
-        let snapshot = snapshot(&self.state);
-        let old = core::mem::take(&mut self.state);
+        let snapshot = snapshot(self.layout, &self.state);
+        self.state = State::default();
         self.unit = target;
         self.unit_index = index;
         self.next = target.offset + self.slot();
@@ -244,11 +273,6 @@ impl<'l> StateLog<'l> {
                 return Err(StateError::UnitTooSmall);
             }
             self.write_record(flash, *record)?;
-        }
-        if let Phase::Trial { boots, .. } = old.phase {
-            for _ in 1..boots {
-                self.write_record(flash, Record::TrialBoot)?;
-            }
         }
         if self.next + need > target.end() {
             return Err(StateError::UnitTooSmall);
@@ -268,20 +292,33 @@ impl<'l> StateLog<'l> {
     }
 }
 
-/// Size of the marker area a new `Pending` record reserves: what the swap needs, plus spares.
-pub fn marker_area(p: &super::Pending) -> u16 {
-    marker_count(p) + SPARE_MARKERS
+/// Size of the marker area a new `Pending` record reserves on `layout`: what the swap needs
+/// plus spares, at most what fits a log unit next to a restated state (more areas follow, with
+/// `MoreMarkers`, when a swap needs more).
+pub fn marker_area(layout: &FlashLayout, p: &super::Pending) -> u16 {
+    area_len(layout, marker_count(p))
+}
+
+/// An area for `markers` more markers and the spares, capped to what a log unit can hold.
+fn area_len(layout: &FlashLayout, markers: u16) -> u16 {
+    let smallest =
+        (0..layout.unit_count(layout.state())).map(|i| unit(layout, i).size).min().unwrap_or(0);
+    // A unit holds its start, a restated state (at most 4 records), the record with the area,
+    // and the next record.
+    let room = smallest.saturating_sub(7 * slot_size(layout)) / layout.write_unit();
+    markers.saturating_add(SPARE_MARKERS).min(room.min(u32::from(u16::MAX)) as u16)
 }
 
 /// Markers a whole swap needs: one per group, or two when the shift is under two groups.
 pub fn marker_count(p: &super::Pending) -> u16 {
-    let group = u16::from(p.group.max(1));
-    let groups = p.new_units.div_ceil(group);
-    if u16::from(p.shift) >= 2 * group { groups } else { 2 * groups }
+    let group = u32::from(p.group.max(1));
+    let groups = u32::from(p.new_units).div_ceil(group);
+    let count = if u32::from(p.shift) >= 2 * group { groups } else { 2 * groups };
+    count.min(u32::from(u16::MAX - SPARE_MARKERS)) as u16
 }
 
-/// Records that rebuild `state` in an empty unit (trial boots past the first are added after).
-fn snapshot(state: &State) -> [Option<Record>; 4] {
+/// Records that rebuild `state` in an empty unit.
+fn snapshot(layout: &FlashLayout, state: &State) -> [Option<Record>; 4] {
     let base = Record::Base {
         min_security_counter: state.min_security_counter,
         release_sequence: state.release_sequence,
@@ -293,13 +330,13 @@ fn snapshot(state: &State) -> [Option<Record>; 4] {
             (Some(Record::Download(download)), checkpoint.map(Record::Checkpoint))
         }
         Phase::Swapping { pending, done } => {
-            let remaining = marker_count(&pending).saturating_sub(done);
-            let markers = remaining + SPARE_MARKERS;
+            let markers = area_len(layout, marker_count(&pending).saturating_sub(done));
             (Some(Record::Pending(super::Pending { done, markers, ..pending })), None)
         }
-        Phase::Trial { image, boots_allowed, units, .. } => {
-            (Some(Record::TrialStart { image, boots_allowed, units }), None)
-        }
+        Phase::Trial { image, boots_allowed, units, boots } => (
+            Some(Record::TrialStart { image, boots_allowed, units }),
+            (boots > 1).then_some(Record::TrialBoot { boots }),
+        ),
         Phase::Reverting { reason, units, image } => {
             (Some(Record::RevertBegin { reason, units, image }), None)
         }

@@ -103,9 +103,9 @@ impl State {
             Record::TrialStart { image, boots_allowed, units } => {
                 self.phase = Phase::Trial { image, boots_allowed, boots: 1, units };
             }
-            Record::TrialBoot => {
+            Record::TrialBoot { boots: count } => {
                 if let Phase::Trial { boots, .. } = &mut self.phase {
-                    *boots = boots.saturating_add(1);
+                    *boots = count;
                 }
             }
             Record::Confirmed { image, security_counter } => {
@@ -119,7 +119,7 @@ impl State {
         }
     }
 
-    /// One progress marker was set.
+    /// `count` more progress markers were set.
     fn add_markers(&mut self, count: u16) {
         if let Phase::Swapping { done, .. } = &mut self.phase {
             *done = done.saturating_add(count);

@@ -157,8 +157,11 @@ pub enum Record {
         /// Erase units a revert copies back from slot B.
         units: u16,
     },
-    /// Another trial boot.
-    TrialBoot,
+    /// Another trial boot; `boots` is the count so far (so one record restates it).
+    TrialBoot {
+        /// Trial boots so far.
+        boots: u8,
+    },
     /// The running image confirmed itself.
     Confirmed {
         /// The image.
@@ -323,7 +326,7 @@ impl Record {
             Record::TrialStart { image, boots_allowed, units } => {
                 Writer::new(7).bytes(&image.0).u8(boots_allowed).u16(units).finish()
             }
-            Record::TrialBoot => Writer::new(8).finish(),
+            Record::TrialBoot { boots } => Writer::new(8).u8(boots).finish(),
             Record::Confirmed { image, security_counter } => {
                 Writer::new(9).bytes(&image.0).u32(security_counter).finish()
             }
@@ -375,7 +378,7 @@ impl Record {
                 markers: r.u16(),
             }),
             7 => Record::TrialStart { image: r.tag(), boots_allowed: r.u8(), units: r.u16() },
-            8 => Record::TrialBoot,
+            8 => Record::TrialBoot { boots: r.u8() },
             9 => Record::Confirmed { image: r.tag(), security_counter: r.u32() },
             10 => {
                 let reason = revert_reason(r.u8())?;
@@ -440,7 +443,7 @@ mod tests {
                 markers: 9,
             }),
             Record::TrialStart { image: tag, boots_allowed: 3, units: 80 },
-            Record::TrialBoot,
+            Record::TrialBoot { boots: 2 },
             Record::Confirmed { image: tag, security_counter: 12 },
             Record::RevertBegin { reason: RevertReason::NotConfirmed, units: 80, image: tag },
             Record::MoreMarkers { done: 4, markers: 8 },

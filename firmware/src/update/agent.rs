@@ -20,7 +20,7 @@ use crate::image::{
     Compression, Header, ImageError, ImageId, LayoutError, MAX_HEADER_LEN, Manifest, Prefix,
     Progress, ReleaseError, SignedRelease, TrustedKey, UnpackError, Unpacker, verify_signatures,
 };
-use crate::slot::{self, Place, SlotError};
+use crate::slot::{self, Checks, Place, SlotError};
 use crate::state::{
     Checkpoint, Download, FailReason, ImageTag, Outcome, OutcomeKind, Pending, Phase, Record,
     State, StateError, StateLog, marker_area,
@@ -107,6 +107,10 @@ pub enum UpdateError {
     /// outcome recorded). Slot A is untouched.
     #[error("corrupt image stream: {0}")]
     Corrupt(ImageError),
+    /// What slot B holds failed its final check (after writing began); the download is
+    /// abandoned and the outcome recorded. Slot A is untouched.
+    #[error("the image written to slot B failed its check: {0}")]
+    Failed(SlotError),
     /// `finish` before every byte arrived; the download can continue.
     #[error("incomplete: {received} of {expected} bytes received")]
     Incomplete {
@@ -137,8 +141,7 @@ impl From<SlotError> for UpdateError {
         match e {
             SlotError::Flash(f) => UpdateError::Flash(f),
             SlotError::Image(i) => UpdateError::Corrupt(i),
-            SlotError::Rollback { counter, min } => Refusal::Rollback { counter, min }.into(),
-            SlotError::DoesNotFit => Refusal::NoRoomInSlotB { units: 0 }.into(),
+            other => UpdateError::Failed(other),
         }
     }
 }
@@ -271,6 +274,8 @@ impl<'w, 'l> Agent<'w, 'l> {
             return Err(Refusal::Release(ReleaseError::WrongEnvironment { got, expected }).into());
         }
         let release = Release { image: statement.image_id(), sequence: statement.sequence() };
+        // Read the log afresh: `confirm` (or another agent) may have written since.
+        self.log = StateLog::open(flash, self.layout)?;
         let state = *self.log.state();
         match state.phase {
             Phase::Trial { .. } | Phase::Reverting { .. } => return Err(Refusal::Busy.into()),
@@ -279,12 +284,22 @@ impl<'w, 'l> Agent<'w, 'l> {
                     && download.image == ImageTag::of(&release.image) =>
             {
                 self.release = Some(release);
-                if let Some(checkpoint) = checkpoint
-                    && let Ok(started) = self.resume(flash, download, checkpoint)
-                {
-                    return Ok(started);
+                if let Some(checkpoint) = checkpoint {
+                    match self.resume(flash, download, checkpoint) {
+                        Ok(started) => return Ok(started),
+                        Err(UpdateError::Flash(e)) => return Err(e.into()),
+                        Err(UpdateError::Refused(refusal)) => return Err(refusal.into()),
+                        // What slot B holds is not usable: start again from the beginning.
+                        Err(_) => {}
+                    }
                 }
-                // No usable checkpoint: start this download again from the beginning.
+            }
+            // While a download is under way, only a newer release replaces it.
+            Phase::Downloading { download, .. }
+                if release.sequence <= download.release_sequence =>
+            {
+                let (got, last) = (release.sequence, download.release_sequence);
+                return Err(Refusal::Release(ReleaseError::Replayed { got, last }).into());
             }
             _ if release.sequence <= state.release_sequence => {
                 let (got, last) = (release.sequence, state.release_sequence);
@@ -310,6 +325,13 @@ impl<'w, 'l> Agent<'w, 'l> {
         if ImageTag::of(&header.id()) != download.image {
             return Err(UpdateError::Corrupt(ImageError::NotAnImage));
         }
+        // Read back from flash: trusted only once checked again, like the first time.
+        verify_signatures(&header, self.config.build_keys).map_err(UpdateError::Corrupt)?;
+        check_windows(header.manifest(), self.window.len())?;
+        header
+            .manifest()
+            .check_layout(&self.layout.slot_layout(), header.len())
+            .map_err(|e| UpdateError::Corrupt(e.into()))?;
         let manifest = header.manifest().clone();
         let transport_len = (header.len() as u64 + manifest.payload_len()) as u32;
         let component = manifest
@@ -433,15 +455,7 @@ impl<'w, 'l> Agent<'w, 'l> {
             return Err(Refusal::Rollback { counter, min }.into());
         }
         manifest.check_layout(&self.layout.slot_layout(), len).map_err(Refusal::TooLarge)?;
-        for component in manifest.components() {
-            if let Compression::Heatshrink(params) = component.compression() {
-                let needed = 1usize << params.window();
-                if needed > self.window.len() {
-                    let have = self.window.len();
-                    return Err(Refusal::WindowTooLarge { needed, have }.into());
-                }
-            }
-        }
+        check_windows(&manifest, self.window.len())?;
         let units = self.layout.units_for(slot::installed_len(self.layout, &header));
         let (shift, group) =
             self.layout.swap_room(units).ok_or(Refusal::NoRoomInSlotB { units })?;
@@ -518,7 +532,10 @@ impl<'w, 'l> Agent<'w, 'l> {
                         payload_offset: 0,
                         decoder: DecoderState::START.to_bytes(),
                     };
+                    // Everything below a checkpoint must be final: written, and the units of
+                    // the gap before this component erased (a resume starts after them).
                     body.writer.flush(flash, layout)?;
+                    body.writer.prepare(flash, layout, boundary)?;
                     self.log.append(flash, Record::Checkpoint(cp))?;
                     body.last_checkpoint = boundary;
                 }
@@ -616,15 +633,19 @@ impl<'w, 'l> Agent<'w, 'l> {
         };
         body.writer.flush(flash, self.layout)?;
         let place = Place { slot: Slot::B, shift: body.shift.into() };
-        let min = self.log.state().min_security_counter;
-        let checked = slot::check(flash, self.layout, place, Some(self.config.build_keys), min);
-        let image = match checked {
+        let checks = Checks {
+            keys: Some(self.config.build_keys),
+            min_security_counter: self.log.state().min_security_counter,
+            board: Some(self.config.board),
+        };
+        let image = match slot::check(flash, self.layout, place, &checks) {
             Ok(image) if image.id == release.image => image,
-            Ok(_) | Err(SlotError::Image(_)) | Err(SlotError::DoesNotFit) => {
+            Err(SlotError::Flash(e)) => return Err(e.into()),
+            other => {
                 self.abandon(flash, ImageTag::of(&release.image), FailReason::Corrupt)?;
-                return Err(UpdateError::Corrupt(ImageError::NotAnImage));
+                let problem = other.err().unwrap_or(SlotError::Image(ImageError::NotAnImage));
+                return Err(UpdateError::Failed(problem));
             }
-            Err(e) => return Err(e.into()),
         };
         let old_units = slot::extent(flash, self.layout, Place::A).unwrap_or(0);
         let mut pending = Pending {
@@ -637,10 +658,23 @@ impl<'w, 'l> Agent<'w, 'l> {
             done: 0,
             markers: 0,
         };
-        pending.markers = marker_area(&pending);
+        pending.markers = marker_area(self.layout, &pending);
         self.log.append(flash, Record::Pending(pending))?;
         Ok(image.id)
     }
+}
+
+/// Refuses an image with a component a window of `have` bytes cannot decode.
+fn check_windows(manifest: &Manifest, have: usize) -> Result<(), UpdateError> {
+    for component in manifest.components() {
+        if let Compression::Heatshrink(params) = component.compression() {
+            let needed = 1usize << params.window();
+            if needed > have {
+                return Err(Refusal::WindowTooLarge { needed, have }.into());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The first erase unit boundary (installed offset) at or after `at_least` and after
