@@ -10,25 +10,13 @@
 //! A runs the old image, slot B holds what that update left (every unit the download needs must
 //! be erased), and the state log is in use.
 
-use firmware::flash::{FlashLayout, LayoutSpec, Region, SectorRun};
+use firmware::flash::FlashLayout;
 use firmware::sim::build::{self, TestKeys};
 use firmware::sim::device::{Identity, SimDevice};
 use firmware::sim::{Rng, Stats};
 
-const KIB: u32 = 1024;
-
 fn r1_layout() -> FlashLayout {
-    FlashLayout::new(LayoutSpec {
-        base: 0,
-        sectors: &[SectorRun { size: KIB, count: 512 }],
-        write_unit: 4,
-        erased: 0xFF,
-        slot_a: Region { offset: 16 * KIB, size: 112 * KIB },
-        slot_b: Region { offset: 128 * KIB, size: 112 * KIB },
-        state: Region { offset: 240 * KIB, size: 8 * KIB },
-        header_size: 0x400,
-    })
-    .expect("the R1 layout is valid")
+    build::pages_layout(112, 112)
 }
 
 struct Costs {

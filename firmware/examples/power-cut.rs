@@ -12,8 +12,8 @@
 //! Ends with `power-cut: N cuts, B bricked`; exits non-zero if B > 0.
 
 use boards::Catalog;
-use firmware::flash::{FlashLayout, LayoutSpec, Region, SectorRun, Slot};
-use firmware::sim::build::describe;
+use firmware::flash::{FlashLayout, Slot};
+use firmware::sim::build::{describe, pages_layout};
 use firmware::sim::campaign::{self, Plan, Tally};
 
 /// Options from the command line.
@@ -52,21 +52,7 @@ fn units(layout: &FlashLayout) -> u32 {
 /// larger (the swap then needs two markers per unit); `r1`, the 80 KiB update of the wear
 /// benchmark on nRF51 geometry.
 fn extra_targets() -> Vec<(String, FlashLayout, u32)> {
-    let kib = 1024;
-    let layout = |a: u32, b: u32| {
-        FlashLayout::new(LayoutSpec {
-            base: 0,
-            sectors: &[SectorRun { size: kib, count: 256 }],
-            write_unit: 4,
-            erased: 0xFF,
-            slot_a: Region { offset: 16 * kib, size: a * kib },
-            slot_b: Region { offset: (16 + a) * kib, size: b * kib },
-            state: Region { offset: (16 + a + b) * kib, size: 8 * kib },
-            header_size: 0x400,
-        })
-        .expect("a valid layout")
-    };
-    vec![("tight".into(), layout(8, 9), 8), ("r1".into(), layout(112, 112), 80)]
+    vec![("tight".into(), pages_layout(8, 9), 8), ("r1".into(), pages_layout(112, 112), 80)]
 }
 
 fn main() {

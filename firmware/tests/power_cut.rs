@@ -25,18 +25,7 @@ fn check(name: &str, units: u32, fresh_step: u64, fill_step: u64, fill_levels: &
 }
 
 fn tight_layout() -> firmware::flash::FlashLayout {
-    use firmware::flash::{FlashLayout, LayoutSpec, Region, SectorRun};
-    FlashLayout::new(LayoutSpec {
-        base: 0,
-        sectors: &[SectorRun { size: 1024, count: 64 }],
-        write_unit: 4,
-        erased: 0xFF,
-        slot_a: Region { offset: 8 * 1024, size: 8 * 1024 },
-        slot_b: Region { offset: 16 * 1024, size: 9 * 1024 },
-        state: Region { offset: 25 * 1024, size: 4 * 1024 },
-        header_size: 0x400,
-    })
-    .unwrap()
+    firmware::sim::build::pages_layout(8, 9)
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 use embedded_storage::nor_flash::{ErrorType, NorFlash, ReadNorFlash};
 use firmware::boot::{BootConfig, BootError, boot};
-use firmware::flash::{FlashLayout, LayoutSpec, Region, SectorRun, Slot};
+use firmware::flash::{FlashLayout, Region, Slot};
 use firmware::image::{
     ComponentSource, EncodedImage, HeatshrinkParams, ImageSpec, MAX_WINDOW, ReleaseError, Role,
     encode_image,
@@ -18,18 +18,7 @@ use firmware::update::{Agent, AgentConfig, Refusal, UpdateError};
 
 /// 1 KiB pages; slots of `a` and `b` KiB; 8 KiB of state.
 fn layout(a: u32, b: u32) -> FlashLayout {
-    let kib = 1024;
-    FlashLayout::new(LayoutSpec {
-        base: 0,
-        sectors: &[SectorRun { size: kib, count: 256 }],
-        write_unit: 4,
-        erased: 0xFF,
-        slot_a: Region { offset: 16 * kib, size: a * kib },
-        slot_b: Region { offset: (16 + a) * kib, size: b * kib },
-        state: Region { offset: (16 + a + b) * kib, size: 8 * kib },
-        header_size: 0x400,
-    })
-    .unwrap()
+    firmware::sim::build::pages_layout(a, b)
 }
 
 /// An image of `(role, name, offset in slot A, length, seed)` components.

@@ -7,7 +7,7 @@ use ed25519_dalek::SigningKey;
 
 use super::Rng;
 use super::device::{Ending, Identity, Scenario, SimDevice};
-use crate::flash::{FlashLayout, Slot};
+use crate::flash::{FlashLayout, LayoutSpec, Region, SectorRun, Slot};
 use crate::image::{
     ComponentSource, EncodedImage, HeatshrinkParams, ImageSpec, ReleaseStatement, Role,
     SignedRelease, TrustedKey, Version, encode_image,
@@ -147,6 +147,23 @@ pub fn scenario(
         ending,
         max_chunk: 700,
     }
+}
+
+/// nRF51-like geometry for tests and benchmarks: 1 KiB pages, 4-byte write unit, erased 0xFF;
+/// 16 KiB for a bootloader, slot A of `a_kib` KiB, slot B of `b_kib` KiB, 8 KiB of state.
+pub fn pages_layout(a_kib: u32, b_kib: u32) -> FlashLayout {
+    let kib = 1024;
+    FlashLayout::new(LayoutSpec {
+        base: 0,
+        sectors: &[SectorRun { size: kib, count: 16 + a_kib + b_kib + 8 }],
+        write_unit: 4,
+        erased: 0xFF,
+        slot_a: Region { offset: 16 * kib, size: a_kib * kib },
+        slot_b: Region { offset: (16 + a_kib) * kib, size: b_kib * kib },
+        state: Region { offset: (16 + a_kib + b_kib) * kib, size: 8 * kib },
+        header_size: 0x400,
+    })
+    .expect("slots of at least 2 KiB, slot B at least one page larger")
 }
 
 /// A name for a board's geometry in reports.
