@@ -263,3 +263,61 @@ fn a_destroyed_log_restarts_at_the_running_image_counter() {
     assert_eq!(d.boot().unwrap().image.id, old.id);
     assert_eq!(d.state().unwrap().min_security_counter, 5);
 }
+
+#[test]
+fn misuse_of_the_agent_is_an_error_not_a_write() {
+    let layout = layout(64, 66);
+    let old = image(&layout, "1.0.0", 1, &[os(11, 1)], HeatshrinkParams::DEFAULT);
+    let new = image(&layout, "2.0.0", 2, &[os(11, 2)], HeatshrinkParams::DEFAULT);
+    let d = device(&layout, &old);
+    let (mut flash, layout2) = (d.flash.clone(), d.layout.clone());
+    let mut w = [0u8; MAX_WINDOW];
+    let mut agent = Agent::new(&mut flash, &layout2, config(&d), &mut w).unwrap();
+    assert!(matches!(agent.feed(&mut flash, &new.bytes[..10]), Err(UpdateError::NotStarted)));
+    assert!(matches!(agent.finish(&mut flash), Err(UpdateError::NotStarted)));
+    let rel = release(&new, "test", 1, &TestKeys::default().environment);
+    agent.begin(&mut flash, &rel).unwrap();
+    let mut long = new.bytes.clone();
+    long.push(0);
+    assert!(matches!(agent.feed(&mut flash, &long), Err(UpdateError::TrailingData)));
+    assert_eq!(flash.stats().violations, 0);
+}
+
+#[test]
+fn a_stream_with_bits_after_its_content_is_refused() {
+    use firmware::image::{
+        Component, ComponentName, Compression, FeedError, UnpackError, Unpacker, compress,
+    };
+    let params = HeatshrinkParams::DEFAULT;
+    let unpack = |data: &[u8], stream: &[u8]| -> Result<(), UnpackError> {
+        let name = ComponentName::try_from("os").unwrap();
+        let c = Component::new(
+            Role::Os,
+            name,
+            0,
+            data,
+            Compression::Heatshrink(params),
+            stream.len() as u32,
+        );
+        let mut window = [0u8; MAX_WINDOW];
+        let mut u = Unpacker::new(&c, &mut window).unwrap();
+        u.feed(stream, &mut |_: &[u8]| Ok::<(), ()>(())).map_err(|e| match e {
+            FeedError::Unpack(e) => e,
+            FeedError::Output(()) => unreachable!("the output never fails"),
+        })?;
+        u.finish().map(|_| ())
+    };
+    // Setting the lowest bit of the last byte is refused: as a changed token (the content then
+    // differs) or, where that bit is padding, as bits after the content.
+    let mut padding_seen = 0;
+    for seed in 0..16 {
+        let data = code_like(3000 + seed as usize, seed);
+        let stream = compress(params, &data);
+        assert_eq!(unpack(&data, &stream), Ok(()));
+        let mut bad = stream.clone();
+        *bad.last_mut().unwrap() ^= 1;
+        let err = unpack(&data, &bad).expect_err("a changed last bit went unnoticed");
+        padding_seen += usize::from(err == UnpackError::TrailingBits);
+    }
+    assert!(padding_seen > 0, "no stream ended in padding");
+}
