@@ -1,5 +1,6 @@
 //! Argument parsing and output for every command. Each command's work is a function in the
-//! library; this module only turns arguments into calls and results into text.
+//! library (the ota-server commands' in [`crate::client`]); this module only turns arguments
+//! into calls and results into text.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -10,13 +11,17 @@ use boards::Catalog;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use firmware::image::{HeatshrinkParams, TransportImage, Version};
 
+use firmware::image::ImageSummary;
+use ota_server::api::NewDevice;
+use serde::Serialize;
+
 use crate::board_list::BoardView;
+use crate::client::{self, Client};
 use crate::fuse::{FuseRequest, fuse};
-use crate::summary::ImageSummary;
 use crate::{keys, verify};
 
-/// Fuse an application and its OS into one signed, immutable firmware image per board, and
-/// check such images.
+/// Fuse an application and its OS into one signed, immutable firmware image per board, check
+/// such images, and release them through an ota-server.
 #[derive(Parser, Debug)]
 #[command(name = "imager", version, propagate_version = false, max_term_width = 100)]
 pub struct Cli {
@@ -42,6 +47,29 @@ pub enum Command {
     Verify(VerifyArgs),
     /// List the known boards, their partitions, and where to link the first component.
     Boards(BoardsArgs),
+    /// Upload an image file to the ota-server's repository.
+    Push(PushArgs),
+    /// List the images stored on the ota-server.
+    Images(ClientArgs),
+    /// Release an image to an environment whose release key the server holds (dev, test).
+    Release(ReleaseArgs),
+    /// Promote an image to an environment with a release statement signed here, with its key.
+    Promote(PromoteArgs),
+    /// Go back to the image an environment ran before its current release for a board.
+    Rollback(RollbackArgs),
+    /// Stop offering an environment's current release for a board.
+    Pause(PauseArgs),
+    /// Offer a paused (or halted) release again.
+    Resume(PauseArgs),
+    /// Show environments and how their current releases roll out.
+    Status(StatusArgs),
+    /// List devices, optionally filtered.
+    Devices(DevicesArgs),
+    /// Enroll a device, or show one.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Show the audit log: who did what, newest first.
+    Audit(AuditArgs),
 }
 
 /// `imager keygen`.
@@ -130,6 +158,212 @@ pub struct BoardsArgs {
     pub json: bool,
 }
 
+/// Where the ota-server is and who is asking: every server command takes these.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Server")]
+pub struct ServerArgs {
+    /// The ota-server's URL, http://HOST:PORT.
+    #[arg(long, env = client::SERVER_VAR, value_name = "URL")]
+    pub server: Option<String>,
+    /// API token (its role decides what may be done).
+    #[arg(long, env = client::TOKEN_VAR, value_name = "TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// What every server command takes: `--json` and the server.
+#[derive(Args, Debug)]
+pub struct ClientArgs {
+    /// Print JSON (the server's answer) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// The server.
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+impl ClientArgs {
+    fn connect(&self) -> Result<Client> {
+        Client::new(self.server.server.as_deref(), self.server.token.as_deref())
+    }
+
+    /// Writes `value` as pretty JSON with `--json`, else `text()`.
+    fn emit<T: Serialize>(
+        &self,
+        out: &mut dyn Write,
+        value: &T,
+        text: impl FnOnce() -> String,
+    ) -> Result<()> {
+        if self.json {
+            serde_json::to_writer_pretty(&mut *out, value)?;
+            writeln!(out)?;
+        } else {
+            write!(out, "{}", text())?;
+        }
+        Ok(())
+    }
+}
+
+/// `imager push`.
+#[derive(Args, Debug)]
+#[command(after_help = "Uploading an image the server already stores changes nothing and \
+succeeds. The server checks the build signature against its trusted build keys.")]
+pub struct PushArgs {
+    /// Image file (.fwi), as `imager fuse` wrote it.
+    pub file: PathBuf,
+    /// Output and server.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `imager release`.
+#[derive(Args, Debug)]
+#[command(after_help = "IMAGE_ID: the full 64-hex id, or a unique prefix of at least 8 hex \
+digits. For an environment whose key is kept offline (prod), use `imager promote`.")]
+pub struct ReleaseArgs {
+    /// Environment to release to.
+    pub env: String,
+    /// The image: its id or a unique prefix of at least 8 hex digits.
+    pub image_id: String,
+    /// Output and server.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `imager promote`.
+#[derive(Args, Debug)]
+#[command(after_help = "Reads the environment's next release sequence, checks that KEY is \
+the environment's release key, signs the statement {image id, environment, sequence} here, \
+and sends it. The server's promotion gate still applies (confirmed upstream first).")]
+pub struct PromoteArgs {
+    /// The image: its id or a unique prefix of at least 8 hex digits.
+    pub image_id: String,
+    /// Environment to promote to.
+    #[arg(long, value_name = "ENV")]
+    pub to: String,
+    /// The environment's release private key (PKCS#8 PEM).
+    #[arg(long, value_name = "PEM")]
+    pub key: PathBuf,
+    /// Output and server.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `imager rollback`.
+#[derive(Args, Debug)]
+#[command(after_help = "Without --key the server signs the rollback (it must hold the \
+environment's key); with --key the statement for the server's rollback target is signed here.")]
+pub struct RollbackArgs {
+    /// Environment to roll back.
+    #[arg(long, value_name = "ENV")]
+    pub env: String,
+    /// Board whose release to roll back (needed when the environment has several).
+    #[arg(long, value_name = "NAME")]
+    pub board: Option<String>,
+    /// The environment's release private key (PKCS#8 PEM), to sign the rollback here.
+    #[arg(long, value_name = "PEM")]
+    pub key: Option<PathBuf>,
+    /// Output and server.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `imager pause` and `imager resume`.
+#[derive(Args, Debug)]
+pub struct PauseArgs {
+    /// Environment.
+    #[arg(long, value_name = "ENV")]
+    pub env: String,
+    /// Board whose current release it is (needed when the environment has several).
+    #[arg(long, value_name = "NAME")]
+    pub board: Option<String>,
+    /// Output and server.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `imager status`.
+#[derive(Args, Debug)]
+#[command(after_help = "STAGE is the current stage of the rollout and the share of the \
+environment's devices it covers; CONFIRMED, FAILED and IN-STAGE count that stage's devices. A \
+halted rollout shows !! HALTED and why. --json prints an array of environments.")]
+pub struct StatusArgs {
+    /// Only this environment.
+    #[arg(long, value_name = "ENV")]
+    pub env: Option<String>,
+    /// Output and server.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Device states to filter on.
+const DEVICE_STATES: [&str; 5] = ["unseen", "current", "updating", "waiting", "failed"];
+
+/// `imager devices`.
+#[derive(Args, Debug)]
+pub struct DevicesArgs {
+    /// Only devices in this environment.
+    #[arg(long, value_name = "ENV")]
+    pub env: Option<String>,
+    /// Only devices in this state.
+    #[arg(long, value_name = "STATE", value_parser = DEVICE_STATES)]
+    pub state: Option<String>,
+    /// Only devices running this image (id or unique prefix of at least 8 hex digits).
+    #[arg(long, value_name = "ID")]
+    pub image: Option<String>,
+    /// Only devices of this board.
+    #[arg(long, value_name = "NAME")]
+    pub board: Option<String>,
+    /// Output and server.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `imager device ...`.
+#[derive(Subcommand, Debug)]
+pub enum DeviceCommand {
+    /// Enroll a device; prints its token, which the server shows only this once.
+    Add(DeviceAddArgs),
+    /// Show one device and its update events.
+    Show(DeviceShowArgs),
+}
+
+/// `imager device add`.
+#[derive(Args, Debug)]
+pub struct DeviceAddArgs {
+    /// Device id: 1 to 64 characters of [A-Za-z0-9._:-].
+    pub id: String,
+    /// Its board.
+    #[arg(long, value_name = "NAME")]
+    pub board: String,
+    /// Its environment.
+    #[arg(long, value_name = "ENV")]
+    pub env: String,
+    /// Output and server.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `imager device show`.
+#[derive(Args, Debug)]
+pub struct DeviceShowArgs {
+    /// Device id.
+    pub id: String,
+    /// Output and server.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `imager audit`.
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    /// At most this many entries (newest first); the server's default when left out.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u32>,
+    /// Output and server.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
 fn parse_data(text: &str) -> Result<(String, String), String> {
     let (name, file) = text.split_once('=').ok_or("expected NAME=FILE")?;
     let valid = firmware::image::is_valid_data_name(name);
@@ -163,6 +397,10 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
+            if err.downcast_ref::<client::MissingSetting>().is_some() {
+                // A usage mistake, like the ones clap reports.
+                return ExitCode::from(2);
+            }
             ExitCode::FAILURE
         }
     }
@@ -225,7 +463,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             )?;
         }
         Command::Inspect(args) => {
-            let file = read_image_file(&args.file)?;
+            let file = verify::read_image_file(&args.file)?;
             let image =
                 TransportImage::parse(&file).with_context(|| format!("{}", args.file.display()))?;
             let summary = ImageSummary::of(&image, file.len());
@@ -239,7 +477,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Command::Verify(args) => {
             let keys =
                 args.pubkey.iter().map(|p| keys::read_public_key(p)).collect::<Result<Vec<_>>>()?;
-            let file = read_image_file(&args.file)?;
+            let file = verify::read_image_file(&args.file)?;
             let verified = verify::verify(&catalog()?, &file, &keys)
                 .with_context(|| format!("{}", args.file.display()))?;
             writeln!(out, "{}", verified.id)?;
@@ -256,22 +494,74 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
                 }
             }
         }
+        command => run_client(command, out)?,
     }
     Ok(())
 }
 
-/// Largest image file `inspect` and `verify` read: no board has more flash than this.
-const MAX_IMAGE_FILE: u64 = 64 << 20;
-
-fn read_image_file(path: &std::path::Path) -> Result<Vec<u8>> {
-    let meta =
-        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
-    if meta.len() > MAX_IMAGE_FILE {
-        return Err(anyhow!(
-            "{}: {} bytes is larger than any image ({MAX_IMAGE_FILE} bytes)",
-            path.display(),
-            meta.len()
-        ));
+/// Runs one ota-server command.
+fn run_client(command: &Command, out: &mut dyn Write) -> Result<()> {
+    use client::report;
+    match command {
+        Command::Push(a) => {
+            let pushed = client::push(&a.client.connect()?, &a.file, true)?;
+            a.client.emit(out, &pushed.image, || report::pushed(&pushed))
+        }
+        Command::Images(a) => {
+            let images = client::list_images(&a.connect()?)?;
+            a.emit(out, &images, || report::images(&images))
+        }
+        Command::Release(a) => {
+            let release = client::release(&a.client.connect()?, &a.env, &a.image_id)?;
+            a.client.emit(out, &release, || report::release(&release))
+        }
+        Command::Promote(a) => {
+            let release = client::promote(&a.client.connect()?, &a.image_id, &a.to, &a.key)?;
+            a.client.emit(out, &release, || report::release(&release))
+        }
+        Command::Rollback(a) => {
+            let (board, key) = (a.board.as_deref(), a.key.as_deref());
+            let release = client::rollback(&a.client.connect()?, &a.env, board, key)?;
+            a.client.emit(out, &release, || report::release(&release))
+        }
+        Command::Pause(a) | Command::Resume(a) => {
+            let pause = matches!(command, Command::Pause(_));
+            let connection = a.client.connect()?;
+            let release = client::set_paused(&connection, &a.env, a.board.as_deref(), pause)?;
+            a.client.emit(out, &release, || report::release(&release))
+        }
+        Command::Status(a) => {
+            let envs = client::environments(&a.client.connect()?, a.env.as_deref())?;
+            a.client.emit(out, &envs, || report::status(&envs))
+        }
+        Command::Devices(a) => {
+            let filter = client::DeviceFilter {
+                environment: a.env.clone(),
+                state: a.state.clone(),
+                image: a.image.clone(),
+                board: a.board.clone(),
+            };
+            let devices = client::devices(&a.client.connect()?, &filter)?;
+            a.client.emit(out, &devices, || report::devices(&devices))
+        }
+        Command::Device(DeviceCommand::Add(a)) => {
+            let (id, board, environment) = (a.id.clone(), a.board.clone(), a.env.clone());
+            let created =
+                client::add_device(&a.client.connect()?, &NewDevice { id, board, environment })?;
+            a.client.emit(out, &created, || report::device_created(&created))
+        }
+        Command::Device(DeviceCommand::Show(a)) => {
+            let detail = client::device(&a.client.connect()?, &a.id)?;
+            a.client.emit(out, &detail, || report::device_detail(&detail))
+        }
+        Command::Audit(a) => {
+            let entries = client::audit(&a.client.connect()?, a.limit)?;
+            a.client.emit(out, &entries, || report::audit(&entries))
+        }
+        Command::Keygen(_)
+        | Command::Fuse(_)
+        | Command::Inspect(_)
+        | Command::Verify(_)
+        | Command::Boards(_) => Err(anyhow!("internal error: {command:?} is not a server command")),
     }
-    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }

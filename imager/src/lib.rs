@@ -4,15 +4,15 @@
 //! - [`keys`]: Ed25519 key files (PKCS#8 / SPKI PEM).
 //! - [`input`]: reading firmware inputs (ELF, Intel HEX, raw binary at an address).
 //! - [`fuse`]: turning inputs into one signed image for a board.
-//! - [`summary`]: what `inspect` shows.
 //! - [`verify`]: checking an image file against public keys and its board.
+//! - [`client`]: the ota-server client commands (`push`, `release`, `promote`, `status`, ...).
 //! - [`cli`]: argument parsing and output.
 
 mod board_list;
 pub mod cli;
+pub mod client;
 pub mod fuse;
 pub mod input;
 pub mod keys;
-pub mod summary;
 pub mod verify;
 mod write;

@@ -23,6 +23,8 @@ pub mod heatshrink;
 mod id;
 mod manifest;
 mod release;
+#[cfg(feature = "std")]
+mod summary;
 mod transport;
 mod trust;
 mod unpack;
@@ -47,6 +49,8 @@ pub use release::{
     EnvironmentName, MAX_ENVIRONMENT_LEN, RELEASE_CONTEXT, ReleaseError, ReleaseStatement,
     SignedRelease,
 };
+#[cfg(feature = "std")]
+pub use summary::{ComponentSummary, CompressionSummary, ImageSummary, SignatureSummary};
 pub use transport::{TransportImage, Verified};
 pub use trust::{TrustedKey, verify_signatures};
 pub use unpack::{FeedError, Progress, UnpackError, Unpacker};

@@ -1,12 +1,18 @@
-//! What `imager inspect` reports about an image file: one model, shown as text or JSON.
+//! An image file described for people and tools: what `imager inspect` prints and what the
+//! ota-server returns for a stored image. One model, shown as text or JSON.
 
-use std::fmt::Write;
+use alloc::borrow::ToOwned;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt::Write;
 
-use firmware::image::{Compression, TransportImage};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use super::{Compression, TransportImage};
 
 /// An image file, described.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub struct ImageSummary {
     /// Image id (hex SHA-256 of the manifest).
     pub id: String,
@@ -33,10 +39,10 @@ pub struct ImageSummary {
 }
 
 /// One component.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub struct ComponentSummary {
     /// `os`, `app` or `data`.
-    pub role: &'static str,
+    pub role: String,
     /// Component name.
     pub name: String,
     /// Address of its first installed byte.
@@ -54,10 +60,10 @@ pub struct ComponentSummary {
 }
 
 /// How a payload is carried.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub struct CompressionSummary {
     /// `heatshrink` or `none`.
-    pub kind: &'static str,
+    pub kind: String,
     /// Window size as a power of two (heatshrink only).
     pub window: Option<u8>,
     /// Lookahead as a power of two (heatshrink only).
@@ -65,7 +71,7 @@ pub struct CompressionSummary {
 }
 
 /// One signature.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub struct SignatureSummary {
     /// The signing key's id, hex.
     pub key_id: String,
@@ -79,17 +85,19 @@ impl ImageSummary {
         let components = image
             .payloads()
             .map(|(c, offset, payload)| ComponentSummary {
-                role: c.role().as_str(),
+                role: c.role().as_str().to_owned(),
                 name: c.name().to_string(),
                 load_address: c.load_address(),
                 size: c.size(),
                 sha256: hex::encode(c.sha256()),
                 compression: match c.compression() {
-                    Compression::Raw => {
-                        CompressionSummary { kind: "none", window: None, lookahead: None }
-                    }
+                    Compression::Raw => CompressionSummary {
+                        kind: "none".to_owned(),
+                        window: None,
+                        lookahead: None,
+                    },
                     Compression::Heatshrink(p) => CompressionSummary {
-                        kind: "heatshrink",
+                        kind: "heatshrink".to_owned(),
                         window: Some(p.window()),
                         lookahead: Some(p.lookahead()),
                     },

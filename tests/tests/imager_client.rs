@@ -1,0 +1,374 @@
+//! `imager`'s server commands end to end: the real `imager` and `ota-server` binaries, a fresh
+//! server on loopback, images fused from the firmware fixtures.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{OnceLock, mpsc};
+use std::time::Duration;
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// A workspace binary, from the folder this test runs from (`target/PROFILE/deps/..`).
+fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match BUILT.get_or_init(build_binaries) {
+        Ok(dir) => dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX)),
+        Err(err) => panic!("{err}"),
+    }
+}
+
+/// Builds `imager` and `ota-server` into this test's `target/PROFILE/`, once: `cargo test`
+/// builds a package's binaries only for that package's own tests, and never for this one.
+fn build_binaries() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|err| err.to_string())?;
+    let profile_dir = exe.parent().and_then(Path::parent).ok_or("test binary has no folder")?;
+    let target_dir = profile_dir.parent().ok_or("test binary is not in a target folder")?;
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev",
+        Some(name) => name,
+        None => return Err(format!("{} names no profile", profile_dir.display())),
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["build", "--quiet", "-p", "imager", "-p", "ota-server", "--bins"])
+        .args(["--profile", profile, "--target-dir"])
+        .arg(target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .map_err(|err| format!("cannot run cargo: {err}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cargo build -p imager -p ota-server failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(profile_dir.to_path_buf())
+}
+
+fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(rel)
+}
+
+/// `name` in the scratch folder `dir`.
+fn path(dir: &TempDir, name: &str) -> String {
+    dir.path().join(name).to_string_lossy().into_owned()
+}
+
+/// A running `ota-server`, stopped when dropped.
+struct Server {
+    child: Child,
+    url: String,
+    token: String,
+}
+
+impl Server {
+    /// `ota-server init` in `data` with the build key and prod's release key, then `serve` on
+    /// a free loopback port.
+    fn start(dir: &TempDir, build_pub: &str, prod_pub: &str) -> Server {
+        let server = bin("ota-server");
+        let data = path(dir, "data");
+        let init = Command::new(&server)
+            .args(["init", "--data", &data, "--build-key", build_pub, "--prod-key", prod_pub])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&init.stdout);
+        assert!(
+            init.status.success(),
+            "ota-server init failed: {stdout}{}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        let token = stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("admin token:"))
+            .unwrap_or_else(|| panic!("no `admin token:` line from ota-server init: {stdout}"))
+            .trim()
+            .to_owned();
+
+        let log = std::fs::File::create(path(dir, "server.log")).unwrap();
+        let mut child = Command::new(&server)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data", &data])
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            // Keep reading so the server never blocks on a full pipe.
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(url) = line.trim().strip_prefix("listening on ") {
+                    let _ = tx.send(url.trim().to_owned());
+                }
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                let log = std::fs::read_to_string(path(dir, "server.log")).unwrap_or_default();
+                panic!("ota-server did not print `listening on URL` within 60 s; its log:\n{log}");
+            }
+        };
+        Server { child, url, token }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `imager` with the server (if any) given through the environment, as CI would.
+fn imager(server: Option<&Server>, args: &[&str]) -> Output {
+    let mut command = Command::new(bin("imager"));
+    command.args(args);
+    for var in ["IMAGER_SERVER", "IMAGER_TOKEN", "IMAGER_BOARDS", "http_proxy", "HTTP_PROXY"] {
+        command.env_remove(var);
+    }
+    command.env_remove("ALL_PROXY").env_remove("all_proxy");
+    if let Some(server) = server {
+        command.env("IMAGER_SERVER", &server.url).env("IMAGER_TOKEN", &server.token);
+    }
+    let out = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("internal error"),
+        "{args:?}: {stderr}"
+    );
+    out
+}
+
+fn ok(server: Option<&Server>, args: &[&str]) -> String {
+    let out = imager(server, args);
+    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn json(server: &Server, args: &[&str]) -> Value {
+    let mut args = args.to_vec();
+    args.push("--json");
+    let text = ok(Some(server), &args);
+    serde_json::from_str(&text).unwrap_or_else(|err| panic!("{args:?}: {err}: {text}"))
+}
+
+/// Runs a command that must fail with exit code 1 and one `error: ...` line; returns it.
+fn fails(server: Option<&Server>, args: &[&str]) -> String {
+    let out = imager(server, args);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+    assert!(stderr.starts_with("error: ") && stderr.lines().count() == 1, "{args:?}: {stderr:?}");
+    stderr
+}
+
+fn keygen(dir: &TempDir, name: &str) -> (String, String) {
+    ok(None, &["keygen", "--out", &path(dir, name)]);
+    (path(dir, &format!("{name}.pem")), path(dir, &format!("{name}.pub.pem")))
+}
+
+/// Fuses the microbit fixtures as `version`, signed with `key`; returns the file and its id.
+fn fuse(dir: &TempDir, key: &str, version: &str) -> (String, String) {
+    let out = path(dir, &format!("microbit-{version}.fwi"));
+    let (os, app) = (fixture("microbit/os.elf"), fixture("microbit/app.elf"));
+    let (os, app) = (os.to_str().unwrap(), app.to_str().unwrap());
+    ok(
+        None,
+        &[
+            "fuse",
+            "--board",
+            "microbit",
+            "--os",
+            os,
+            "--app",
+            app,
+            "--version",
+            version,
+            "--key",
+            key,
+            "--out",
+            &out,
+        ],
+    );
+    let summary: Value = serde_json::from_str(&ok(None, &["inspect", &out, "--json"])).unwrap();
+    (out, summary["id"].as_str().unwrap().to_owned())
+}
+
+fn find<'a>(list: &'a Value, key: &str, value: &str) -> &'a Value {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|item| item[key] == value)
+        .unwrap_or_else(|| panic!("no {key} = {value} in {list:#}"))
+}
+
+#[test]
+fn push_release_status_devices_promote_rollback_audit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (build, build_pub) = keygen(&dir, "build");
+    let (prod, prod_pub) = keygen(&dir, "prod");
+    let (wrong, _) = keygen(&dir, "wrong");
+    let (rogue, _) = keygen(&dir, "rogue");
+    let (v1, id1) = fuse(&dir, &build, "1.0.0");
+    let (v2, id2) = fuse(&dir, &build, "1.1.0");
+    let (untrusted, _) = fuse(&dir, &rogue, "6.6.6");
+    let server = Server::start(&dir, &build_pub, &prod_pub);
+    let s = Some(&server);
+
+    // push: new, then already there; --json is the stored image.
+    let text = ok(s, &["push", &v1]);
+    assert!(text.starts_with(&format!("image {id1}: new, stored\n")), "{text}");
+    assert!(text.contains("board microbit, version 1.0.0"), "{text}");
+    let text = ok(s, &["push", &v1]);
+    assert!(text.starts_with(&format!("image {id1}: already stored")), "{text}");
+    let info = json(&server, &["push", &v1]);
+    assert_eq!((info["id"].as_str(), info["board"].as_str()), (Some(&*id1), Some("microbit")));
+    assert_eq!(info["version"], "1.0.0");
+    ok(s, &["push", &v2]);
+
+    // Broken files: refused with one clear line.
+    let bytes = std::fs::read(&v1).unwrap();
+    let truncated = path(&dir, "truncated.fwi");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    fails(s, &["push", &truncated]);
+    // A byte of the build signature: the file still parses, the server refuses it.
+    let summary: Value = serde_json::from_str(&ok(None, &["inspect", &v1, "--json"])).unwrap();
+    let in_signature = summary["header_size"].as_u64().unwrap() as usize - 10;
+    let mut flipped = bytes.clone();
+    flipped[in_signature] ^= 0x55;
+    let flipped_path = path(&dir, "flipped.fwi");
+    std::fs::write(&flipped_path, &flipped).unwrap();
+    let err = fails(s, &["push", &flipped_path]);
+    assert!(err.contains(", HTTP 4"), "{err}");
+    let err = fails(s, &["push", &path(&dir, "missing.fwi")]);
+    assert!(err.contains("missing.fwi"), "{err}");
+    // Signed by a key the server does not trust: the server's own error, code and status.
+    let err = fails(s, &["push", &untrusted]);
+    assert!(err.contains(", HTTP 4") && err.trim_end().ends_with(')'), "{err}");
+
+    let images = ok(s, &["images"]);
+    assert!(images.contains(&id1[..12]) && images.contains(&id2[..12]), "{images}");
+
+    // release to dev (the server holds dev's key), by a unique id prefix.
+    let text = ok(s, &["release", "dev", &id1[..12]]);
+    assert!(text.starts_with("dev release ") && text.contains(&id1), "{text}");
+    let release = json(&server, &["release", "dev", &id2]);
+    assert_eq!(
+        (release["environment"].as_str(), release["kind"].as_str()),
+        (Some("dev"), Some("release"))
+    );
+    let text = fails(s, &["release", "dev", "00000000"]);
+    assert!(text.contains("no image on the ota-server has an id starting with 00000000"), "{text}");
+
+    // status, text and JSON.
+    let status = ok(s, &["status"]);
+    let row = status.lines().find(|l| l.starts_with("dev ")).unwrap_or_else(|| panic!("{status}"));
+    assert!(row.contains("microbit") && row.contains(&id2[..12]) && row.contains("1.1.0"), "{row}");
+    for env in ["test", "prod"] {
+        assert!(
+            status.lines().any(|l| l.starts_with(env) && l.contains("(no release)")),
+            "{status}"
+        );
+    }
+    let envs = json(&server, &["status"]);
+    let dev = find(&envs, "name", "dev");
+    assert_eq!(dev["current"][0]["image_id"], id2.as_str());
+    assert_eq!(dev["server_holds_key"], true);
+    assert_eq!(find(&envs, "name", "prod")["server_holds_key"], false);
+    let only_dev = json(&server, &["status", "--env", "dev"]);
+    assert_eq!(only_dev.as_array().unwrap().len(), 1);
+
+    // Devices.
+    let text = ok(s, &["device", "add", "dev-001", "--board", "microbit", "--env", "dev"]);
+    let token =
+        text.lines().find_map(|l| l.strip_prefix("token: ")).unwrap_or_else(|| panic!("{text}"));
+    assert!(!token.trim().is_empty());
+    let created =
+        json(&server, &["device", "add", "dev-002", "--board", "microbit", "--env", "dev"]);
+    assert_eq!(created["device"]["id"], "dev-002");
+    assert!(created["token"].as_str().is_some_and(|t| !t.is_empty() && t != token));
+    let devices = json(&server, &["devices"]);
+    for id in ["dev-001", "dev-002"] {
+        assert_eq!(find(&devices, "id", id)["environment"], "dev");
+    }
+    let unseen = json(&server, &["devices", "--env", "dev", "--state", "unseen"]);
+    assert_eq!(unseen.as_array().unwrap().len(), 2, "{unseen:#}");
+    let running = json(&server, &["devices", "--image", &id1[..10]]);
+    assert_eq!(running.as_array().unwrap().len(), 0, "{running:#}");
+    let table = ok(s, &["devices", "--env", "dev"]);
+    assert!(
+        table.starts_with("DEVICE") && table.contains("dev-001") && table.contains("never"),
+        "{table}"
+    );
+    assert!(ok(s, &["device", "show", "dev-001"]).contains("dev-001"));
+    let err = fails(s, &["device", "show", "nobody"]);
+    assert!(err.contains(", HTTP 404)"), "{err}");
+
+    // Promotion to prod: the wrong key is refused here; the right one meets the gate.
+    let err = fails(s, &["promote", &id2, "--to", "prod", "--key", &wrong]);
+    assert!(err.contains("is not the release key of environment prod"), "{err}");
+    let err = fails(s, &["promote", &id2, "--to", "prod", "--key", &prod]);
+    assert!(err.contains("(gate_closed, HTTP 409)"), "{err}");
+
+    // Pause, resume, roll back (the server signs for dev).
+    let text = ok(s, &["pause", "--env", "dev"]);
+    assert!(text.contains(", paused,"), "{text}");
+    let text = ok(s, &["resume", "--env", "dev", "--board", "microbit"]);
+    assert!(!text.contains(", paused,"), "{text}");
+    let text = ok(s, &["rollback", "--env", "dev"]);
+    assert!(text.starts_with("dev rollback ") && text.contains(&id1), "{text}");
+    let dev = json(&server, &["status", "--env", "dev"]);
+    assert_eq!(dev[0]["current"][0]["image_id"], id1.as_str());
+
+    // The audit log names every action.
+    let audit = ok(s, &["audit"]);
+    for action in [
+        "image.upload",
+        "release.create",
+        "device.create",
+        "release.pause",
+        "release.resume",
+        "release.rollback",
+    ] {
+        assert!(audit.contains(action), "{action} missing:\n{audit}");
+    }
+    assert!(audit.starts_with("WHEN") && audit.contains("dev-001"), "{audit}");
+    let last_two = json(&server, &["audit", "--limit", "2"]);
+    assert_eq!(last_two.as_array().unwrap().len(), 2);
+    assert_eq!(last_two[0]["action"], "release.rollback");
+
+    // A token the server does not know.
+    let err = fails(None, &["status", "--server", &server.url, "--token", "not-a-token"]);
+    assert!(err.contains(", HTTP 401)"), "{err}");
+}
+
+#[test]
+fn a_missing_server_or_token_is_a_usage_error() {
+    for (args, named) in [
+        (&["status", "--token", "t"][..], ["--server", "IMAGER_SERVER"]),
+        (&["status", "--server", "http://127.0.0.1:1"][..], ["--token", "IMAGER_TOKEN"]),
+        (&["push", "x.fwi"][..], ["--server", "IMAGER_SERVER"]),
+    ] {
+        let out = imager(None, args);
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.starts_with("error: "), "{stderr}");
+        for name in named {
+            assert!(stderr.contains(name), "{args:?}: {stderr}");
+        }
+    }
+}
+
+#[test]
+fn an_unreachable_server_is_named() {
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("http://127.0.0.1:{port}");
+    let err = fails(None, &["status", "--server", &url, "--token", "t"]);
+    assert!(err.starts_with(&format!("error: cannot reach the ota-server at {url}: ")), "{err}");
+    let err = fails(None, &["audit", "--server", "https://127.0.0.1:1", "--token", "t"]);
+    assert!(err.contains("plain HTTP"), "{err}");
+}
