@@ -319,6 +319,19 @@ impl Fleet {
         )
     }
 
+    /// Whether device `d` counts in the current stage of a running rollout: only then can its
+    /// reports move the rollout (so other reports skip the evaluation, a scan of the fleet).
+    pub fn in_rollout(&self, d: usize) -> bool {
+        let device = &self.devices[d];
+        let (env, board) = (&device.row.environment, &device.row.board);
+        let (Some(environment), Some(release)) = (self.environment(env), self.current(env, board))
+        else {
+            return false;
+        };
+        matches!(release.state, RolloutState::Rolling | RolloutState::Completed)
+            && device.bucket < rollout::cutoff(&environment.row.stages, release.row.stage as usize)
+    }
+
     /// Re-evaluates the current release of (`env`, `board`); applies and returns the move, if
     /// any.
     pub fn evaluate(&mut self, env: &str, board: &str) -> Option<Mutation> {

@@ -1015,7 +1015,11 @@ impl<S: Store> Service<S> {
             }
             let d = &fleet.devices[device];
             let (env, board) = (d.row.environment.clone(), d.row.board.clone());
-            let moved = if changed { fleet.evaluate(&env, &board) } else { None };
+            let moved = if changed && fleet.in_rollout(device) {
+                fleet.evaluate(&env, &board)
+            } else {
+                None
+            };
             let offer = offer_for(&fleet, device);
             (offer, persist.into_iter().chain(moved).collect::<Vec<_>>())
         };
@@ -1092,7 +1096,9 @@ impl<S: Store> Service<S> {
                 batch.push(m);
             }
             fleet.record_outcome(device, image, kind);
-            batch.extend(fleet.evaluate(&env, &board));
+            if fleet.in_rollout(device) {
+                batch.extend(fleet.evaluate(&env, &board));
+            }
             batch
         };
         batch.iter().for_each(log_move);

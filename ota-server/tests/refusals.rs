@@ -9,7 +9,7 @@ use serde_json::json;
 
 #[test]
 fn bad_images_are_refused_and_nothing_is_stored() {
-    let server = Server::start_with(&["--max-image-size", "100000"]);
+    let server = Server::start_with(&["--max-image-size", "200000"]);
     let admin = server.admin.clone();
     let good = image("1.0.0");
     let audit_before = server.audit_len();
@@ -41,7 +41,7 @@ fn bad_images_are_refused_and_nothing_is_stored() {
     }
 
     // Oversized, wrong content type, no token, unknown token, device token, qa role.
-    let big = vec![0u8; 100_001];
+    let big = vec![0u8; 200_001];
     let r = server.upload(&admin, &big);
     assert_eq!((r.status, r.code().as_str()), (413, "too_large"));
     let r = server.request(

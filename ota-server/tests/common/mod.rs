@@ -45,8 +45,10 @@ pub fn image_for(board: &str, version: &str, counter: u32, key: &SigningKey) -> 
         size: microbit.partitions.slot_a.size,
         header_size: microbit.image.header_size,
     };
-    let mut code = std::fs::read(fixtures().join("microbit/app.bin")).unwrap();
-    // Different versions install different bytes (so they have different ids).
+    // About 48 KiB of real Thumb code (the fixture app, built by arm-none-eabi-gcc, repeated),
+    // then the version, so that different versions install different bytes.
+    let app = std::fs::read(fixtures().join("microbit/app.bin")).unwrap();
+    let mut code = app.repeat(75);
     code.extend_from_slice(version.as_bytes());
     let spec = ImageSpec {
         board: board.to_owned(),
@@ -169,7 +171,7 @@ impl Server {
 
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
-            c.kill().unwrap();
+            let _ = c.kill();
             c.wait().unwrap();
         }
     }
@@ -183,6 +185,20 @@ impl Server {
         body: Option<&[u8]>,
         headers: &[(&str, &str)],
     ) -> Reply {
+        self.try_request(method, path, token, content_type, body, headers)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// Like [`Server::request`], but a failed connection is an error, not a panic.
+    pub fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        content_type: Option<&str>,
+        body: Option<&[u8]>,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply, ureq::Error> {
         let mut req =
             ureq::http::Request::builder().method(method).uri(format!("{}{path}", self.url));
         if let Some(t) = token {
@@ -198,7 +214,7 @@ impl Server {
             Some(b) => self.agent.run(req.body(b.to_vec()).unwrap()),
             None => self.agent.run(req.body(()).unwrap()),
         };
-        let mut response = result.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let mut response = result?;
         let status = response.status().as_u16();
         let headers = response
             .headers()
@@ -206,8 +222,8 @@ impl Server {
             .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
             .collect();
         let mut body = Vec::new();
-        response.body_mut().as_reader().read_to_end(&mut body).unwrap();
-        Reply { status, body, headers }
+        response.body_mut().as_reader().read_to_end(&mut body)?;
+        Ok(Reply { status, body, headers })
     }
 
     pub fn get(&self, path: &str, token: &str) -> Reply {

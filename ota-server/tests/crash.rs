@@ -1,0 +1,128 @@
+//! `kill -9` of the server while uploads and releases are in flight, then a restart: every
+//! acknowledged write is there, no blob is partial, no release is half made.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{Server, image};
+use firmware::image::{SignedRelease, TrustedKey};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+#[test]
+fn acknowledged_writes_survive_kill_9() {
+    let mut server = Server::start();
+    let admin = server.admin.clone();
+    // Images of a realistic size, prepared before the clock starts.
+    let images: Vec<_> = (0..60).map(|i| image(&format!("1.{i}.0"))).collect();
+    let acked_images = Mutex::new(Vec::new());
+    let acked_releases = Mutex::new(Vec::new());
+    let mut next = 0;
+    for round in 0..3 {
+        let stop = Arc::new(AtomicBool::new(false));
+        let batch = &images[next..next + 20];
+        next += 20;
+        let pid = server.child.as_ref().unwrap().id().to_string();
+        std::thread::scope(|s| {
+            for worker in 0..3 {
+                let (server, admin, stop) = (&server, &admin, stop.clone());
+                let (acked_images, acked_releases) = (&acked_images, &acked_releases);
+                s.spawn(move || {
+                    for img in batch.iter().skip(worker).step_by(3) {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        let Ok(r) = server.try_request(
+                            "POST",
+                            "/api/v1/images",
+                            Some(admin),
+                            Some("application/octet-stream"),
+                            Some(&img.bytes),
+                            &[],
+                        ) else {
+                            return;
+                        };
+                        assert!(r.status == 201 || r.status == 200, "{}", r.status);
+                        acked_images.lock().unwrap().push(img.clone());
+                        let body =
+                            serde_json::to_vec(&json!({"image_id": img.id.to_string()})).unwrap();
+                        let Ok(r) = server.try_request(
+                            "POST",
+                            "/api/v1/environments/dev/releases",
+                            Some(admin),
+                            Some("application/json"),
+                            Some(&body),
+                            &[],
+                        ) else {
+                            return;
+                        };
+                        if r.status == 201 {
+                            let sequence = r.json()["sequence"].as_u64().unwrap();
+                            acked_releases.lock().unwrap().push((sequence, img.id.to_string()));
+                        }
+                    }
+                });
+            }
+            std::thread::sleep(Duration::from_millis(40 + 60 * round));
+            let killed = std::process::Command::new("kill").args(["-9", &pid]).status().unwrap();
+            assert!(killed.success());
+            stop.store(true, Ordering::Relaxed);
+        });
+        server.kill9();
+        server.launch(&[]);
+    }
+
+    let acked_images = acked_images.into_inner().unwrap();
+    let acked_releases = acked_releases.into_inner().unwrap();
+    assert!(!acked_images.is_empty() && !acked_releases.is_empty(), "the kill came too early");
+    // Every acknowledged image is there, byte for byte.
+    for img in &acked_images {
+        let id = img.id.to_string();
+        let r = server.get(&format!("/api/v1/images/{id}/file"), &admin);
+        assert_eq!(r.status, 200, "acknowledged image {id} lost");
+        assert_eq!(r.body, img.bytes);
+    }
+    // Every blob is whole (named by its content's hash); no leftovers.
+    for name in server.blob_files() {
+        let bytes = std::fs::read(server.data().join("blobs").join(&name)).unwrap();
+        assert_eq!(hex::encode(Sha256::digest(&bytes)), name, "partial blob {name}");
+    }
+    assert_eq!(server.tmp_files(), 0);
+    // Every acknowledged release is there; the history has no gaps and every release carries a
+    // statement that verifies for its image.
+    let dev = server.get("/api/v1/environments/dev", &admin).json();
+    let key: [u8; 32] =
+        hex::decode(dev["release_public_key"].as_str().unwrap()).unwrap().try_into().unwrap();
+    let key = TrustedKey::from_bytes(&key).unwrap();
+    let history = server.get("/api/v1/environments/dev/releases", &admin).json();
+    let history = history.as_array().unwrap();
+    let sequences: Vec<u64> =
+        history.iter().rev().map(|r| r["sequence"].as_u64().unwrap()).collect();
+    assert_eq!(sequences, (1..=history.len() as u64).collect::<Vec<_>>());
+    for r in history {
+        let bytes = hex::decode(r["statement"].as_str().unwrap()).unwrap();
+        let signed = SignedRelease::parse(&bytes).unwrap();
+        signed.verify(&[key]).unwrap();
+        assert_eq!(signed.statement().image_id().to_string(), r["image_id"].as_str().unwrap());
+        assert_eq!(signed.statement().sequence(), r["sequence"].as_u64().unwrap());
+    }
+    for (sequence, id) in &acked_releases {
+        let r = history.iter().find(|r| r["sequence"] == *sequence);
+        assert_eq!(
+            r.map(|r| r["image_id"].as_str().unwrap()),
+            Some(id.as_str()),
+            "release {sequence} lost"
+        );
+    }
+    // And the restarted server takes new work.
+    let fresh = image("9.9.9");
+    assert_eq!(server.upload(&admin, &fresh.bytes).status, 201);
+    eprintln!(
+        "{} images and {} releases acknowledged across 3 kills",
+        acked_images.len(),
+        acked_releases.len()
+    );
+}
