@@ -28,11 +28,13 @@ pub struct ErrorDetail {
 pub enum Role {
     /// Manages devices, environments, keys and tokens; may do everything.
     Admin,
-    /// Uploads images; releases to environments whose key the server holds.
+    /// Uploads images; releases (and rolls back) where the server holds the environment's key;
+    /// reads everything but tokens.
     Ci,
-    /// Reads everything.
+    /// Reads everything but tokens.
     Qa,
-    /// Releases, promotes (with a signed statement), rolls back, pauses and resumes.
+    /// Releases, promotes (with a signed statement), rolls back, pauses and resumes; reads
+    /// everything but tokens.
     Release,
 }
 
@@ -85,7 +87,7 @@ pub struct NewEnvironment {
     /// Confirmations needed upstream before promotion (default 1 with an upstream).
     #[serde(default)]
     pub promote_min_confirmed: Option<u32>,
-    /// Failure ratio (0..1) above which a rollout halts (default 0.2).
+    /// Failure ratio in [0, 1] above which a rollout halts (default 0.2).
     #[serde(default)]
     pub failure_threshold: Option<f64>,
     /// Cumulative percentages of the environment's devices per stage (default `[100]`).

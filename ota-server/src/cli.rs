@@ -40,12 +40,12 @@ pub enum Command {
         /// trusts. Repeat for several; more can be added through the API.
         #[arg(long = "build-key", value_name = "PUB_PEM")]
         build_keys: Vec<PathBuf>,
-        /// The prod release public key (PEM). Its private half stays offline: releases to
-        /// prod are signed with `imager promote --key`. Without it, prod is created with a key
-        /// pair whose private half is discarded, so nothing can be released to prod until an
-        /// environment with a real key is made.
+        /// The prod release public key (PEM; make the pair with `imager keygen --out prod`).
+        /// Its private half stays offline: releases to prod are signed with `imager promote
+        /// --key`, so the server alone cannot put anything into production. (dev and test get
+        /// key pairs the server holds, so CI can release there.)
         #[arg(long, value_name = "PUB_PEM")]
-        prod_key: Option<PathBuf>,
+        prod_key: PathBuf,
         /// Database URL (default: sqlite file DATA/ota.db).
         #[arg(long, env = "OTA_DATABASE")]
         database: Option<String>,
@@ -133,7 +133,7 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Init { data, build_keys, prod_key, database } => {
-            let token = init(&data, &build_keys, prod_key.as_deref(), database.as_deref()).await?;
+            let token = init(&data, &build_keys, &prod_key, database.as_deref()).await?;
             println!("initialized {}: environments dev -> test -> prod", data.display());
             println!("admin token: {token}");
             println!("(shown only this once; `ota-server token create` makes more)");
@@ -159,6 +159,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Token { command: TokenCommand::Create { data, role, name, database } } => {
             let store = open_store(&data, database.as_deref(), false).await?;
             let name = name.unwrap_or_else(|| role.as_str().to_owned());
+            if name.is_empty() || name.len() > 64 {
+                bail!("a token name is 1 to 64 bytes");
+            }
             let (token, row) = service::new_token_row(role, &name)?;
             let audit = Mutation::Audit(AuditRow {
                 at: now_ms(),
@@ -212,7 +215,7 @@ pub fn read_public_key(path: &Path) -> Result<[u8; 32]> {
 pub async fn init(
     data: &Path,
     build_keys: &[PathBuf],
-    prod_key: Option<&Path>,
+    prod_key: &Path,
     database: Option<&str>,
 ) -> Result<String> {
     let Database::Sqlite(db_path) = config::database(database, data)?;
@@ -226,10 +229,7 @@ pub async fn init(
             path.file_name().map_or("build key".into(), |n| n.to_string_lossy().into_owned());
         keys.push(BuildKeyRow { public_key: read_public_key(path)?, name });
     }
-    let prod_public = match prod_key {
-        Some(path) => read_public_key(path)?,
-        None => service::new_key_pair()?.1,
-    };
+    let prod_public = read_public_key(prod_key)?;
     std::fs::create_dir_all(data).with_context(|| format!("cannot create {}", data.display()))?;
     Blobs::open(&data.join("blobs"))?;
     let store = SqliteStore::open(&db_path, true).await?;
@@ -274,7 +274,7 @@ pub async fn init(
         role: "admin".into(),
         action: "server.init".into(),
         target: data.display().to_string(),
-        detail: serde_json::json!({"prod_key": prod_key.is_some()}).to_string(),
+        detail: serde_json::json!({"prod_key_id": firmware::image::KeyId::of_public_key(&prod_public).to_string()}).to_string(),
     }));
     store.commit(&batch).await?;
     store.close().await;

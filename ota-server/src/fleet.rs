@@ -69,6 +69,8 @@ pub struct Device {
     pub failed: Option<ImageId>,
     /// `row.last_seen` changed since it was last written.
     pub seen_dirty: bool,
+    /// A change to `row` was applied here but its write failed: the next report rewrites it.
+    pub unsaved: bool,
 }
 
 impl Device {
@@ -79,6 +81,7 @@ impl Device {
             running: row.running.as_deref().and_then(ImageId::from_hex),
             failed: row.failed_image.as_deref().and_then(ImageId::from_hex),
             seen_dirty: false,
+            unsaved: false,
             row,
         }
     }
@@ -151,6 +154,18 @@ impl Fleet {
                 fleet.record_outcome(d, image, &kind);
             }
         }
+        // A check-in that reports an image confirmed counts like a `confirmed` event (as it
+        // did while the server ran).
+        let running: Vec<(usize, ImageId)> = fleet
+            .devices
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.row.confirmed)
+            .filter_map(|(i, d)| Some((i, d.running?)))
+            .collect();
+        for (d, image) in running {
+            fleet.record_outcome(d, image, "confirmed");
+        }
         let moves = fleet.evaluate_all();
         Ok((fleet, moves))
     }
@@ -206,14 +221,19 @@ impl Fleet {
                 });
                 list.sort_by_key(|r| r.row.sequence);
             }
-            Mutation::UpdateRollout { environment, sequence, state, stage, reason } => {
+            Mutation::UpdateRollout { environment, sequence, state, stage, reason, automatic } => {
                 let new_state = RolloutState::parse(state)
                     .ok_or_else(|| BadRow(format!("rollout state {state:?}")))?;
                 if let Some(r) = self
                     .releases
                     .get_mut(environment)
                     .and_then(|l| l.iter_mut().find(|r| r.row.sequence == *sequence))
+                    .filter(|r| {
+                        !automatic
+                            || matches!(r.state, RolloutState::Rolling | RolloutState::Completed)
+                    })
                 {
+                    r.row.halted |= new_state == RolloutState::Halted;
                     r.state = new_state;
                     r.row.state = state.clone();
                     // Stages only move forward, whatever order concurrent moves land in.
@@ -245,8 +265,9 @@ impl Fleet {
             Mutation::InsertBuildKey(BuildKeyRow { public_key, name }) => {
                 let key = TrustedKey::from_bytes(public_key)
                     .map_err(|e| BadRow(format!("build key {name}: {e}")))?;
-                if !self.build_keys.iter().any(|(k, _)| *k == key) {
-                    self.build_keys.push((key, name.clone()));
+                match self.build_keys.iter_mut().find(|(k, _)| *k == key) {
+                    Some(existing) => existing.1 = name.clone(),
+                    None => self.build_keys.push((key, name.clone())),
                 }
             }
         }
@@ -355,6 +376,7 @@ impl Fleet {
             state: next.state.as_str().to_owned(),
             stage: next.stage as u32,
             reason: next.reason,
+            automatic: true,
         };
         self.apply(&m).ok()?;
         Some(m)

@@ -30,40 +30,40 @@ pub fn render(m: &Metrics, fleet: &Fleet) -> String {
         let n = fleet.devices.iter().filter(|d| d.row.environment == env.row.name).count();
         let _ = writeln!(out, "ota_devices{{environment=\"{}\"}} {n}", env.row.name);
     }
-    let _ = writeln!(
-        out,
-        "# HELP ota_rollout_state Current release per environment and board: 1 for its state."
-    );
-    let _ = writeln!(out, "# TYPE ota_rollout_state gauge");
-    let _ = writeln!(out, "# HELP ota_rollout_stage Current stage index of the rollout.");
-    let _ = writeln!(out, "# TYPE ota_rollout_stage gauge");
-    let _ = writeln!(out, "# HELP ota_rollout_confirmed Devices of the stage that confirmed.");
-    let _ = writeln!(out, "# TYPE ota_rollout_confirmed gauge");
-    let _ = writeln!(out, "# HELP ota_rollout_failed Devices of the stage that failed.");
-    let _ = writeln!(out, "# TYPE ota_rollout_failed gauge");
+    // Each family's samples follow its HELP and TYPE lines, as the text format requires.
+    let mut state = String::new();
+    let mut stage = String::new();
+    let mut confirmed = String::new();
+    let mut failed = String::new();
     for env in &fleet.environments {
         let name = &env.row.name;
         for board in fleet.released_boards(name) {
             let Some(r) = fleet.current(name, board) else { continue };
             let labels = format!("environment=\"{name}\",board=\"{board}\"");
-            for state in [
+            for s in [
                 RolloutState::Rolling,
                 RolloutState::Completed,
                 RolloutState::Paused,
                 RolloutState::Halted,
             ] {
-                let on = u8::from(r.state == state);
-                let _ = writeln!(
-                    out,
-                    "ota_rollout_state{{{labels},state=\"{}\"}} {on}",
-                    state.as_str()
-                );
+                let on = u8::from(r.state == s);
+                let _ =
+                    writeln!(state, "ota_rollout_state{{{labels},state=\"{}\"}} {on}", s.as_str());
             }
             let p = fleet.progress(r);
-            let _ = writeln!(out, "ota_rollout_stage{{{labels}}} {}", r.row.stage);
-            let _ = writeln!(out, "ota_rollout_confirmed{{{labels}}} {}", p.confirmed);
-            let _ = writeln!(out, "ota_rollout_failed{{{labels}}} {}", p.failed);
+            let _ = writeln!(stage, "ota_rollout_stage{{{labels}}} {}", r.row.stage);
+            let _ = writeln!(confirmed, "ota_rollout_confirmed{{{labels}}} {}", p.confirmed);
+            let _ = writeln!(failed, "ota_rollout_failed{{{labels}}} {}", p.failed);
         }
+    }
+    let families = [
+        ("ota_rollout_state", "Current release per environment and board: 1 for its state.", state),
+        ("ota_rollout_stage", "Current stage index of the rollout.", stage),
+        ("ota_rollout_confirmed", "Devices of the current stage that confirmed.", confirmed),
+        ("ota_rollout_failed", "Devices of the current stage that reverted or refused.", failed),
+    ];
+    for (name, help, samples) in families {
+        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{samples}");
     }
     out
 }

@@ -220,7 +220,8 @@ fn check_ratio(name: &str, value: f64, allow_zero: bool) -> Outcome<f64> {
     if ok {
         Ok(value)
     } else {
-        Err(Failure::bad("bad_setting", format!("{name} must be a ratio in (0, 1], got {value}")))
+        let range = if allow_zero { "[0, 1]" } else { "(0, 1]" };
+        Err(Failure::bad("bad_setting", format!("{name} must be a ratio in {range}, got {value}")))
     }
 }
 
@@ -690,6 +691,7 @@ impl<S: Store> Service<S> {
                 state: RolloutState::Rolling.as_str().to_owned(),
                 stage: 0,
                 reason: None,
+                halted: false,
             }
         };
         let target = format!("{env}/{}", row.sequence);
@@ -752,6 +754,7 @@ impl<S: Store> Service<S> {
                 state: state.as_str().to_owned(),
                 stage: r.row.stage,
                 reason,
+                automatic: false,
             };
             (r.row.board.clone(), m)
         };
@@ -928,12 +931,12 @@ impl<S: Store> Service<S> {
         Ok(api::TokenCreated { info, token })
     }
 
-    /// Management tokens (never their secrets).
-    pub fn tokens(&self) -> Vec<api::TokenInfo> {
-        let fleet = self.fleet();
-        let mut list: Vec<api::TokenInfo> = fleet.tokens.values().map(token_info).collect();
+    /// Management tokens (never their secrets), including those made offline.
+    pub async fn tokens(&self) -> Outcome<Vec<api::TokenInfo>> {
+        let mut list: Vec<api::TokenInfo> =
+            self.store.tokens().await?.iter().map(token_info).collect();
         list.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
-        list
+        Ok(list)
     }
 
     /// Revokes a token.
@@ -941,7 +944,15 @@ impl<S: Store> Service<S> {
         actor.require(&[], "revoke tokens")?;
         let _guard = self.management.lock().await;
         if !self.fleet().tokens.values().any(|t| t.id == id) {
-            return Err(Failure::not_found("unknown_token", format!("no token {id:?}")));
+            // Made offline and never used here yet: bring it in first.
+            match self.store.tokens().await?.into_iter().find(|t| t.id == id) {
+                Some(row) => {
+                    self.fleet().tokens.insert(row.hash, row);
+                }
+                None => {
+                    return Err(Failure::not_found("unknown_token", format!("no token {id:?}")));
+                }
+            }
         }
         self.commit_apply(vec![
             Mutation::RevokeToken(id.to_owned()),
@@ -985,6 +996,15 @@ impl<S: Store> Service<S> {
         if report.last_outcome.as_ref().is_some_and(|o| o.len() > 128) {
             return Err(Failure::bad("too_long", "last_outcome is at most 128 bytes"));
         }
+        if let Some(slot_b) = &report.slot_b {
+            if !SLOT_B_STATES.contains(&slot_b.state.as_str()) {
+                return Err(Failure::bad(
+                    "bad_slot_b",
+                    format!("slot_b.state {:?}: one of {}", slot_b.state, SLOT_B_STATES.join(", ")),
+                ));
+            }
+            slot_b.image_id.as_deref().map(parse_image_id).transpose()?;
+        }
         let now = now_ms();
         let (offer, changed) = {
             let mut fleet = self.fleet();
@@ -993,7 +1013,8 @@ impl<S: Store> Service<S> {
             d.seen_dirty = true;
             let slot_b = report.slot_b.as_ref().and_then(|s| serde_json::to_string(s).ok());
             let confirmed = running.is_some() && !report.trial;
-            let changed = d.running != running
+            let changed = d.unsaved
+                || d.running != running
                 || d.row.confirmed != confirmed
                 || d.row.slot_b != slot_b
                 || d.row.last_outcome != report.last_outcome
@@ -1023,7 +1044,7 @@ impl<S: Store> Service<S> {
             let offer = offer_for(&fleet, device);
             (offer, persist.into_iter().chain(moved).collect::<Vec<_>>())
         };
-        self.writer.commit(changed).await?;
+        self.commit_report(device, changed).await?;
         self.metrics.checkins.fetch_add(1, Ordering::Relaxed);
         if offer.is_some() {
             self.metrics.offers.fetch_add(1, Ordering::Relaxed);
@@ -1057,6 +1078,11 @@ impl<S: Store> Service<S> {
         let image = parse_image_id(&event.image_id)?;
         if event.detail.as_ref().is_some_and(|d| d.len() > 512) {
             return Err(Failure::bad("too_long", "detail is at most 512 bytes"));
+        }
+        // Reports are about images the server stored (and so could have offered): they feed
+        // the promotion gate.
+        if !self.fleet().images.contains_key(&image) {
+            return Err(unknown_image(image));
         }
         let batch = {
             let mut fleet = self.fleet();
@@ -1102,9 +1128,19 @@ impl<S: Store> Service<S> {
             batch
         };
         batch.iter().for_each(log_move);
-        self.writer.commit(batch).await?;
+        self.commit_report(device, batch).await?;
         self.metrics.events.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Commits what a device report changed in the model; if that fails, marks the device so
+    /// that its next report writes its row again (the model is already ahead of the disk).
+    async fn commit_report(&self, device: usize, batch: Vec<Mutation>) -> Outcome<()> {
+        let result = self.writer.commit(batch).await;
+        if result.is_err() {
+            self.fleet().devices[device].unsaved = true;
+        }
+        Ok(result?)
     }
 
     /// Writes last-seen times that changed (called periodically: a check-in that changes
@@ -1134,6 +1170,9 @@ impl<S: Store> Service<S> {
         crate::metrics::render(&self.metrics, &self.fleet())
     }
 }
+
+/// What a device may say slot B holds.
+pub const SLOT_B_STATES: [&str; 5] = ["empty", "unknown", "previous", "downloading", "pending"];
 
 /// Filters for [`Service::devices`].
 #[derive(Clone, Debug, Default, serde::Deserialize)]
@@ -1174,7 +1213,7 @@ pub fn new_key_pair() -> std::io::Result<([u8; 32], [u8; 32])> {
 }
 
 fn log_move(m: &Mutation) {
-    if let Mutation::UpdateRollout { environment, sequence, state, stage, reason } = m {
+    if let Mutation::UpdateRollout { environment, sequence, state, stage, reason, .. } = m {
         tracing::info!(release = %format!("{environment}/{sequence}"), %state, stage, reason = reason.as_deref().unwrap_or(""), "rollout moved");
     }
 }

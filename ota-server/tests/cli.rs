@@ -67,12 +67,15 @@ fn settings_from_a_file_and_the_environment() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     write_public_pem(&dir.path().join("build.pub.pem"), &build_key());
+    write_public_pem(&dir.path().join("prod.pub.pem"), &common::prod_key());
     let (ok, stdout, stderr) = run(&[
         "init",
         "--data",
         data.to_str().unwrap(),
         "--build-key",
         dir.path().join("build.pub.pem").to_str().unwrap(),
+        "--prod-key",
+        dir.path().join("prod.pub.pem").to_str().unwrap(),
     ]);
     assert!(ok, "{stderr}");
     let admin = stdout.lines().find_map(|l| l.strip_prefix("admin token: ")).unwrap().to_owned();
@@ -125,16 +128,30 @@ fn refusals_are_clear_and_change_nothing() {
     // A private key where a public one is expected: nothing is created.
     let private = dir.path().join("build.pem");
     std::fs::write(&private, "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIAsLCwsLCwsLCwsLCwsLCwsLCwsLCwsLCwsLCwsLCwsL\n-----END PRIVATE KEY-----\n").unwrap();
-    let (ok, _, stderr) = run(&["init", "--data", data, "--build-key", private.to_str().unwrap()]);
+    let prod = dir.path().join("prod.pub.pem");
+    write_public_pem(&prod, &common::prod_key());
+    let prod = prod.to_str().unwrap();
+    let (ok, _, stderr) = run(&[
+        "init",
+        "--data",
+        data,
+        "--build-key",
+        private.to_str().unwrap(),
+        "--prod-key",
+        prod,
+    ]);
     assert!(!ok);
     assert!(stderr.contains("is a private key; pass the public key"), "{stderr}");
+    let (ok, _, stderr) = run(&["init", "--data", data]);
+    assert!(!ok);
+    assert!(stderr.contains("--prod-key"), "{stderr}");
     assert!(!dir.path().join("data").exists());
     let (ok, _, stderr) = run(&["serve", "--data", data, "--listen", "127.0.0.1:0"]);
     assert!(!ok);
     assert!(stderr.contains("ota-server init"), "{stderr}");
-    let (ok, _, _) = run(&["init", "--data", data]);
+    let (ok, _, _) = run(&["init", "--data", data, "--prod-key", prod]);
     assert!(ok);
-    let (ok, _, stderr) = run(&["init", "--data", data]);
+    let (ok, _, stderr) = run(&["init", "--data", data, "--prod-key", prod]);
     assert!(!ok);
     assert!(stderr.contains("already holds a database"), "{stderr}");
     let (ok, _, stderr) = run(&[

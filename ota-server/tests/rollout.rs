@@ -229,6 +229,15 @@ fn test_then_staged_prod_then_halt_and_rollback() {
     assert_eq!(r.json()["state"], "completed", "every test device already runs v2");
     let history = server.get("/api/v1/environments/test/releases", &admin).json();
     assert_eq!(history[1]["state"], "superseded");
+    // The halt is remembered after the rollback superseded it.
+    let statement = sign_release(&v3_id, "prod", 2, &prod_key());
+    let r = server.post_json(
+        "/api/v1/environments/prod/releases",
+        &admin,
+        json!({"image_id": v3_id, "statement": statement}),
+    );
+    assert_eq!((r.status, r.code().as_str()), (409, "gate_closed"));
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("halted in test"));
     let r = server.get("/api/v1/environments/prod/rollback", &admin);
     assert_eq!((r.status, r.code().as_str()), (409, "nothing_to_roll_back"));
 
@@ -329,6 +338,9 @@ fn range_downloads_resume_byte_exact() {
     }
     let tail = server.request("GET", &url, Some(&device), None, None, &[("Range", "bytes=-100")]);
     assert_eq!(tail.body, &v1.bytes[len - 100..]);
+    let malformed =
+        server.request("GET", &url, Some(&device), None, None, &[("Range", "bytes=9-3")]);
+    assert_eq!((malformed.status, malformed.body.len()), (200, len), "malformed: ignored");
     let bad = server.request(
         "GET",
         &url,
@@ -355,4 +367,76 @@ fn range_downloads_resume_byte_exact() {
     let other = server.enroll("bench-2", "test");
     assert!(server.checkin(&other, None).is_null());
     assert_eq!(server.get(&url, &other).status, 404);
+}
+
+#[test]
+fn gate_counts_survive_a_restart() {
+    let mut server = Server::start();
+    let admin = server.admin.clone();
+    let v2 = image("2.0.0");
+    assert_eq!(server.upload(&admin, &v2.bytes).status, 201);
+    let id = v2.id.to_string();
+    let r = server.request(
+        "PATCH",
+        "/api/v1/environments/prod",
+        Some(&admin),
+        Some("application/json"),
+        Some(br#"{"promote_min_confirmed": 2}"#),
+        &[],
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        server
+            .post_json("/api/v1/environments/test/releases", &admin, json!({"image_id": id}))
+            .status,
+        201
+    );
+    // One device confirms by event, the other only by checking in with the image confirmed.
+    let a = server.enroll("qa-a", "test");
+    let b = server.enroll("qa-b", "test");
+    server.event(&a, &id, "confirmed");
+    assert!(server.checkin(&b, Some(&id)).is_null());
+    server.kill9();
+    server.launch(&[]);
+    let statement = sign_release(&id, "prod", 1, &prod_key());
+    let r = server.post_json(
+        "/api/v1/environments/prod/releases",
+        &admin,
+        json!({"image_id": id, "statement": statement}),
+    );
+    assert_eq!(r.status, 201, "{}", r.json());
+}
+
+#[test]
+fn device_reports_are_checked() {
+    let server = Server::start();
+    let device = server.enroll("d-1", "dev");
+    let zero = "0".repeat(64);
+    let r = server.post_json(
+        "/api/v1/device/events",
+        &device,
+        json!({"image_id": zero, "kind": "confirmed"}),
+    );
+    assert_eq!((r.status, r.code().as_str()), (404, "unknown_image"));
+    let r = server.post_json(
+        "/api/v1/device/checkin",
+        &device,
+        json!({"image_id": null, "slot_b": {"state": "full"}}),
+    );
+    assert_eq!((r.status, r.code().as_str()), (400, "bad_slot_b"));
+    let r = server.post_json(
+        "/api/v1/device/checkin",
+        &device,
+        json!({"last_outcome": "x".repeat(200)}),
+    );
+    assert_eq!((r.status, r.code().as_str()), (400, "too_long"));
+    let r = server.post_json(
+        "/api/v1/device/checkin",
+        &device,
+        json!({"image_id": null, "slot_b": {"state": "empty"}, "last_outcome": "none"}),
+    );
+    assert_eq!(r.status, 200);
+    let d = server.get("/api/v1/devices/d-1", &server.admin).json();
+    assert_eq!(d["device"]["slot_b"]["state"], "empty");
+    assert_eq!(d["device"]["last_outcome"], "none");
 }

@@ -50,7 +50,9 @@ async fn image<S: Store>(
     let device = app.authenticate_device(bearer(&headers))?;
     let file = app.device_image(device, &id)?;
     let (response, sent) = range::serve(&headers, file, &format!("\"{id}\""));
-    app.metrics.downloads.fetch_add(1, Ordering::Relaxed);
-    app.metrics.download_bytes.fetch_add(sent, Ordering::Relaxed);
+    if sent > 0 {
+        app.metrics.downloads.fetch_add(1, Ordering::Relaxed);
+        app.metrics.download_bytes.fetch_add(sent, Ordering::Relaxed);
+    }
     Ok(response)
 }

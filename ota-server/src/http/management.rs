@@ -77,12 +77,10 @@ async fn images<S: Store>(State(app): App<S>, headers: HeaderMap) -> Answer {
 
 async fn upload<S: Store>(State(app): App<S>, headers: HeaderMap, body: Body) -> Answer {
     let who = actor(&app, &headers).await?;
-    if who.role == Role::Qa {
-        return Err(Failure::new(
-            FailureKind::Forbidden,
-            "forbidden",
-            "role qa may not upload images",
-        ));
+    // Refuse before reading a possibly large body.
+    if !matches!(who.role, Role::Admin | Role::Ci) {
+        let message = format!("role {} may not upload images", who.role.as_str());
+        return Err(Failure::new(FailureKind::Forbidden, "forbidden", message));
     }
     require_content_type(&headers, "application/octet-stream")?;
     let file = read_body(&headers, body, app.limits.max_image_size).await?;
@@ -102,9 +100,11 @@ async fn image_file<S: Store>(
 ) -> Answer {
     actor(&app, &headers).await?;
     let file = app.image_file(&id)?;
-    app.metrics.downloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (response, sent) = range::serve(&headers, file, &format!("\"{id}\""));
-    app.metrics.download_bytes.fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
+    if sent > 0 {
+        app.metrics.downloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        app.metrics.download_bytes.fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
+    }
     Ok(response)
 }
 
@@ -265,7 +265,7 @@ async fn tokens<S: Store>(State(app): App<S>, headers: HeaderMap) -> Answer {
             "only admin tokens list tokens",
         ));
     }
-    ok(app.tokens())
+    ok(app.tokens().await?)
 }
 
 async fn create_token<S: Store>(

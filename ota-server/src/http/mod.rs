@@ -40,13 +40,11 @@ pub fn router<S: Store>(app: Arc<Service<S>>) -> Router {
             )
         })
         .method_not_allowed_fallback(|| async {
-            let mut r = error_response(
+            error_response(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
                 "this route does not take that method",
-            );
-            r.headers_mut().remove(header::ALLOW);
-            r
+            )
         })
         .with_state(app)
 }

@@ -6,8 +6,8 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
 /// The part of a `len`-byte file that `Range: bytes=...` asks for: `Ok(None)` for the whole
-/// file (no header, or one we do not serve: several ranges, other units), `Err(())` when it
-/// cannot be satisfied.
+/// file (no header, or one we do not serve: several ranges, other units, a malformed one, all
+/// of which RFC 9110 says to ignore), `Err(())` when it cannot be satisfied.
 pub fn parse(header: Option<&str>, len: u64) -> Result<Option<(u64, u64)>, ()> {
     let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
         return Ok(None);
@@ -15,8 +15,18 @@ pub fn parse(header: Option<&str>, len: u64) -> Result<Option<(u64, u64)>, ()> {
     if spec.contains(',') {
         return Ok(None);
     }
-    let (first, last) = spec.split_once('-').ok_or(())?;
+    let Some((first, last)) = spec.split_once('-') else { return Ok(None) };
     let (first, last) = (first.trim(), last.trim());
+    let number = |s: &str| s.parse::<u64>().ok();
+    let well_formed = match (first.is_empty(), last.is_empty()) {
+        (true, true) => false,
+        (true, false) => number(last).is_some(),
+        (false, true) => number(first).is_some(),
+        (false, false) => number(first).zip(number(last)).is_some_and(|(a, b)| a <= b),
+    };
+    if !well_formed {
+        return Ok(None);
+    }
     let range = if first.is_empty() {
         let suffix: u64 = last.parse().map_err(|_| ())?;
         if suffix == 0 || len == 0 {
@@ -102,8 +112,10 @@ mod tests {
         assert_eq!(parse(Some("bytes=-10"), 100), Ok(Some((90, 99))));
         assert_eq!(parse(Some("bytes=-1000"), 100), Ok(Some((0, 99))));
         assert_eq!(parse(Some("bytes=100-"), 100), Err(()));
-        assert_eq!(parse(Some("bytes=5-4"), 100), Err(()));
-        assert_eq!(parse(Some("bytes=x-4"), 100), Err(()));
+        assert_eq!(parse(Some("bytes=5-4"), 100), Ok(None));
+        assert_eq!(parse(Some("bytes=x-4"), 100), Ok(None));
+        assert_eq!(parse(Some("bytes=-"), 100), Ok(None));
+        assert_eq!(parse(Some("bytes=4"), 100), Ok(None));
         assert_eq!(parse(Some("bytes=-0"), 100), Err(()));
         assert_eq!(parse(Some("bytes=0-1,5-6"), 100), Ok(None));
         assert_eq!(parse(Some("items=0-1"), 100), Ok(None));

@@ -83,6 +83,8 @@ pub struct ReleaseRow {
     pub stage: u32,
     /// Why it halted or paused.
     pub reason: Option<String>,
+    /// Whether it ever halted by itself (the promotion gate remembers it after a rollback).
+    pub halted: bool,
 }
 
 /// An enrolled device and what it last reported.
@@ -202,6 +204,10 @@ pub enum Mutation {
         stage: u32,
         /// Reason.
         reason: Option<String>,
+        /// A move the rollout engine made (`true`) rather than an operator: it applies only
+        /// while the rollout is still rolling or completed, so it never undoes a pause that
+        /// was committed in between.
+        automatic: bool,
     },
     /// A new device, or its new report.
     PutDevice(DeviceRow),
@@ -263,6 +269,8 @@ pub trait Store: Send + Sync + 'static {
         device: &str,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<EventRow>, StoreError>> + Send;
+    /// Every management token (listing sees tokens made offline too).
+    fn tokens(&self) -> impl Future<Output = Result<Vec<TokenRow>, StoreError>> + Send;
     /// A token by the hash of its secret: tokens made by `ota-server token create` while
     /// the server runs are found here.
     fn token(

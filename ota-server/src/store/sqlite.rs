@@ -25,7 +25,8 @@ CREATE TABLE IF NOT EXISTS releases (
     environment TEXT NOT NULL, sequence INTEGER NOT NULL, image_id TEXT NOT NULL,
     board TEXT NOT NULL, kind TEXT NOT NULL, statement BLOB NOT NULL,
     created_at INTEGER NOT NULL, created_by TEXT NOT NULL, state TEXT NOT NULL,
-    stage INTEGER NOT NULL, reason TEXT, PRIMARY KEY (environment, sequence));
+    stage INTEGER NOT NULL, reason TEXT, halted INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (environment, sequence));
 CREATE TABLE IF NOT EXISTS devices (
     id TEXT PRIMARY KEY, board TEXT NOT NULL, environment TEXT NOT NULL,
     token_hash BLOB NOT NULL UNIQUE, enrolled_at INTEGER NOT NULL, last_seen INTEGER,
@@ -149,6 +150,7 @@ impl Store for SqliteStore {
                 state: r.get("state"),
                 stage: r.get::<i64, _>("stage") as u32,
                 reason: r.get("reason"),
+                halted: r.get::<i64, _>("halted") != 0,
             });
         }
         for r in sqlx::query("SELECT * FROM devices").fetch_all(&self.pool).await.map_err(err)? {
@@ -239,6 +241,11 @@ impl Store for SqliteStore {
             .collect())
     }
 
+    async fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM tokens").fetch_all(&self.pool).await.map_err(err)?;
+        rows.iter().map(token_row).collect()
+    }
+
     async fn token(&self, hash: [u8; 32]) -> Result<Option<TokenRow>, StoreError> {
         let row = sqlx::query("SELECT * FROM tokens WHERE hash = ?")
             .bind(&hash[..])
@@ -291,7 +298,7 @@ async fn apply(tx: &mut sqlx::SqliteConnection, m: &Mutation) -> Result<(), sqlx
                 .await?;
         }
         Mutation::InsertRelease(r) => {
-            sqlx::query("INSERT INTO releases VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+            sqlx::query("INSERT INTO releases VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
                 .bind(&r.environment)
                 .bind(r.sequence as i64)
                 .bind(&r.image_id)
@@ -303,19 +310,24 @@ async fn apply(tx: &mut sqlx::SqliteConnection, m: &Mutation) -> Result<(), sqlx
                 .bind(&r.state)
                 .bind(i64::from(r.stage))
                 .bind(&r.reason)
+                .bind(i64::from(r.halted))
                 .execute(&mut *tx)
                 .await?;
         }
-        Mutation::UpdateRollout { environment, sequence, state, stage, reason } => {
+        Mutation::UpdateRollout { environment, sequence, state, stage, reason, automatic } => {
             sqlx::query(
-                "UPDATE releases SET state = ?, stage = ?, reason = ? \
-                 WHERE environment = ? AND sequence = ?",
+                "UPDATE releases SET state = ?, stage = MAX(stage, ?), reason = ?, \
+                 halted = MAX(halted, ?) \
+                 WHERE environment = ? AND sequence = ? \
+                 AND (? = 0 OR state IN ('rolling', 'completed'))",
             )
             .bind(state)
             .bind(i64::from(*stage))
             .bind(reason)
+            .bind(i64::from(state == "halted"))
             .bind(environment)
             .bind(*sequence as i64)
+            .bind(i64::from(*automatic))
             .execute(&mut *tx)
             .await?;
         }
