@@ -459,7 +459,7 @@ pub struct NewEvent {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SlotBReport {
-    /// `empty`, `previous`, `downloading` or `pending`.
+    /// `empty`, `unknown`, `previous`, `downloading` or `pending`.
     pub state: String,
     /// The image concerned, hex.
     #[serde(default)]

@@ -233,7 +233,12 @@ impl Fleet {
                             || matches!(r.state, RolloutState::Rolling | RolloutState::Completed)
                     })
                 {
-                    r.row.halted |= new_state == RolloutState::Halted;
+                    // A halt is remembered until the rollout completes after a resume.
+                    r.row.halted = match new_state {
+                        RolloutState::Halted => true,
+                        RolloutState::Completed => false,
+                        _ => r.row.halted,
+                    };
                     r.state = new_state;
                     r.row.state = state.clone();
                     // Stages only move forward, whatever order concurrent moves land in.

@@ -47,11 +47,9 @@ pub fn gate(fleet: &Fleet, env: &Environment, image: &Image) -> Result<(), Refus
         return Err(Refusal::Gate(format!("upstream environment {upstream_name} does not exist")));
     };
     // A halt is remembered after the release is superseded (by a rollback, say), unless an
-    // operator resumed it and it then completed.
-    if let Some(halted) = fleet
-        .releases_of(upstream_name)
-        .iter()
-        .find(|r| r.image == image.id && r.row.halted && r.state != RolloutState::Completed)
+    // operator resumed it and it then completed (which clears the mark).
+    if let Some(halted) =
+        fleet.releases_of(upstream_name).iter().find(|r| r.image == image.id && r.row.halted)
     {
         return Err(Refusal::Gate(format!(
             "image {id} halted in {upstream_name} (release {}): {}",

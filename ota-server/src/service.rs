@@ -1005,13 +1005,18 @@ impl<S: Store> Service<S> {
             }
             slot_b.image_id.as_deref().map(parse_image_id).transpose()?;
         }
+        // Stored in canonical (lowercase) form.
+        let slot_b = report.slot_b.as_ref().map(|s| api::SlotBReport {
+            state: s.state.clone(),
+            image_id: s.image_id.as_deref().and_then(ImageId::from_hex).map(|i| i.to_string()),
+        });
         let now = now_ms();
         let (offer, changed) = {
             let mut fleet = self.fleet();
             let d = &mut fleet.devices[device];
             d.row.last_seen = Some(now);
             d.seen_dirty = true;
-            let slot_b = report.slot_b.as_ref().and_then(|s| serde_json::to_string(s).ok());
+            let slot_b = slot_b.as_ref().and_then(|s| serde_json::to_string(s).ok());
             let confirmed = running.is_some() && !report.trial;
             let changed = d.unsaved
                 || d.running != running
@@ -1101,7 +1106,7 @@ impl<S: Store> Service<S> {
                 }
                 api::EventKind::Reverted | api::EventKind::Failed => {
                     row.failed_image = Some(image.to_string());
-                    if row.running.as_deref() == Some(&*event.image_id) {
+                    if d.running == Some(image) {
                         // Reverted away from it: slot A holds the previous image again, which
                         // the next check-in names.
                         row.running = None;

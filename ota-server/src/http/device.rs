@@ -44,13 +44,15 @@ async fn event<S: Store>(
 
 async fn image<S: Store>(
     State(app): App<S>,
+    method: axum::http::Method,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, Failure> {
     let device = app.authenticate_device(bearer(&headers))?;
     let file = app.device_image(device, &id)?;
     let (response, sent) = range::serve(&headers, file, &format!("\"{id}\""));
-    if sent > 0 {
+    // HEAD answers send no bytes.
+    if sent > 0 && method != axum::http::Method::HEAD {
         app.metrics.downloads.fetch_add(1, Ordering::Relaxed);
         app.metrics.download_bytes.fetch_add(sent, Ordering::Relaxed);
     }

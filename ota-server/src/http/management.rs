@@ -95,13 +95,14 @@ async fn image<S: Store>(State(app): App<S>, headers: HeaderMap, Path(id): Path<
 
 async fn image_file<S: Store>(
     State(app): App<S>,
+    method: axum::http::Method,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Answer {
     actor(&app, &headers).await?;
     let file = app.image_file(&id)?;
     let (response, sent) = range::serve(&headers, file, &format!("\"{id}\""));
-    if sent > 0 {
+    if sent > 0 && method != axum::http::Method::HEAD {
         app.metrics.downloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         app.metrics.download_bytes.fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
     }

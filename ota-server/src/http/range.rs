@@ -77,7 +77,7 @@ pub fn serve(headers: &HeaderMap, file: Bytes, etag: &str) -> (Response, u64) {
             let mut r = crate::service::Failure::new(
                 crate::service::FailureKind::BadRequest,
                 "range_not_satisfiable",
-                format!("the file has {len} bytes; the requested range is outside it or malformed"),
+                format!("the file has {len} bytes; the requested range starts outside it"),
             )
             .into_response();
             *r.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;

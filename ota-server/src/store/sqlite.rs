@@ -80,6 +80,18 @@ impl SqliteStore {
         let pool =
             SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(err)?;
         sqlx::raw_sql(SCHEMA).execute(&pool).await.map_err(err)?;
+        // Columns added after a table was first made.
+        let columns: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM pragma_table_info('releases')")
+                .fetch_all(&pool)
+                .await
+                .map_err(err)?;
+        if !columns.iter().any(|c| c == "halted") {
+            sqlx::raw_sql("ALTER TABLE releases ADD COLUMN halted INTEGER NOT NULL DEFAULT 0")
+                .execute(&pool)
+                .await
+                .map_err(err)?;
+        }
         Ok(SqliteStore { pool })
     }
 
@@ -317,14 +329,14 @@ async fn apply(tx: &mut sqlx::SqliteConnection, m: &Mutation) -> Result<(), sqlx
         Mutation::UpdateRollout { environment, sequence, state, stage, reason, automatic } => {
             sqlx::query(
                 "UPDATE releases SET state = ?, stage = MAX(stage, ?), reason = ?, \
-                 halted = MAX(halted, ?) \
+                 halted = CASE ? WHEN 'halted' THEN 1 WHEN 'completed' THEN 0 ELSE halted END \
                  WHERE environment = ? AND sequence = ? \
                  AND (? = 0 OR state IN ('rolling', 'completed'))",
             )
             .bind(state)
             .bind(i64::from(*stage))
             .bind(reason)
-            .bind(i64::from(state == "halted"))
+            .bind(state)
             .bind(environment)
             .bind(*sequence as i64)
             .bind(i64::from(*automatic))
