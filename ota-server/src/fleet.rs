@@ -248,6 +248,12 @@ impl Fleet {
             }
             Mutation::PutDevice(row) => match self.device_by_id.get(&row.id) {
                 Some(&i) => {
+                    let old = self.devices[i].row.token_hash;
+                    if old != row.token_hash {
+                        // A new token: the old one stops working at once.
+                        self.device_by_token.remove(&old);
+                        self.device_by_token.insert(row.token_hash, i);
+                    }
                     let dirty = self.devices[i].seen_dirty;
                     self.devices[i] = Device { seen_dirty: dirty, ..Device::from_row(row.clone()) };
                 }

@@ -856,6 +856,34 @@ impl<S: Store> Service<S> {
         Ok(api::DeviceCreated { device: device_info(&fleet, d), token })
     }
 
+    /// Gives an enrolled device a new token (the old one stops working); returns it once.
+    pub async fn rotate_device_token(
+        &self,
+        actor: &Actor,
+        id: &str,
+    ) -> Outcome<api::DeviceCreated> {
+        actor.require(&[], "issue device tokens")?;
+        let _guard = self.management.lock().await;
+        let mut row = {
+            let fleet = self.fleet();
+            let &i = fleet
+                .device_by_id
+                .get(id)
+                .ok_or_else(|| Failure::not_found("unknown_device", format!("no device {id:?}")))?;
+            fleet.devices[i].row.clone()
+        };
+        let (token, token_hash) = auth::generate(auth::DEVICE_PREFIX).map_err(Failure::internal)?;
+        row.token_hash = token_hash;
+        self.commit_apply(vec![
+            Mutation::PutDevice(row),
+            audit(actor, "device.token", id, serde_json::json!({})),
+        ])
+        .await?;
+        let fleet = self.fleet();
+        let i = fleet.device_by_id[id];
+        Ok(api::DeviceCreated { device: device_info(&fleet, &fleet.devices[i]), token })
+    }
+
     /// Devices matching the filters (each optional).
     pub fn devices(&self, filter: &DeviceFilter) -> Outcome<Vec<api::DeviceInfo>> {
         let state = match filter.state.as_deref() {

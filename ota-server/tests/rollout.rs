@@ -439,4 +439,12 @@ fn device_reports_are_checked() {
     let d = server.get("/api/v1/devices/d-1", &server.admin).json();
     assert_eq!(d["device"]["slot_b"]["state"], "empty");
     assert_eq!(d["device"]["last_outcome"], "none");
+    // A new token replaces the old one at once.
+    let r = server.post_json("/api/v1/devices/d-1/token", &server.admin, json!({}));
+    assert_eq!(r.status, 200);
+    let fresh = r.json()["token"].as_str().unwrap().to_owned();
+    assert_eq!(server.post_json("/api/v1/device/checkin", &device, json!({})).status, 401);
+    assert_eq!(server.post_json("/api/v1/device/checkin", &fresh, json!({})).status, 200);
+    let r = server.post_json("/api/v1/devices/nope/token", &server.admin, json!({}));
+    assert_eq!((r.status, r.code().as_str()), (404, "unknown_device"));
 }

@@ -37,6 +37,7 @@ pub(super) fn routes<S: Store>() -> Router<Arc<Service<S>>> {
         .route("/environments/{env}/rollback", get(rollback_target::<S>).post(rollback::<S>))
         .route("/devices", get(devices::<S>).post(create_device::<S>))
         .route("/devices/{id}", get(device::<S>))
+        .route("/devices/{id}/token", post(rotate_device_token::<S>))
         .route("/tokens", get(tokens::<S>).post(create_token::<S>))
         .route("/tokens/{id}", delete(revoke_token::<S>))
         .route("/audit", get(audit::<S>))
@@ -255,6 +256,15 @@ async fn device<S: Store>(
 ) -> Answer {
     actor(&app, &headers).await?;
     ok(app.device(&id).await?)
+}
+
+async fn rotate_device_token<S: Store>(
+    State(app): App<S>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Answer {
+    let who = actor(&app, &headers).await?;
+    ok(app.rotate_device_token(&who, &id).await?)
 }
 
 async fn tokens<S: Store>(State(app): App<S>, headers: HeaderMap) -> Answer {

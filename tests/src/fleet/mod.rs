@@ -1,0 +1,325 @@
+//! The fleet simulator: many [`device::SimulatedDevice`]s against a real ota-server.
+//!
+//! A [`Fleet`] enrolls its devices (or takes their enrollment over with a fresh token),
+//! provisions each with a factory image, then [`Fleet::run`]s rounds: in each round every
+//! device checks in once, and those offered an image update (download, reset, confirm or
+//! revert), many at a time on tokio tasks. It stops when a round had no offer and no rollout
+//! for its environment and board is still rolling — or after `max_idle_rounds` rounds without
+//! an offer, if one is (a stage waiting on devices that are not there).
+
+pub mod client;
+pub mod device;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use firmware::image::{ImageId, TrustedKey};
+use firmware::sim::device::Identity;
+use firmware::sim::device::SimDevice;
+use ota_server::api::{self, RolloutState};
+use serde::Serialize;
+use tokio::task::JoinSet;
+
+use client::Client;
+use device::{Behaviour, SimulatedDevice, Step, Tally};
+
+/// What to simulate.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Server URL.
+    pub server: String,
+    /// An admin token (enrolls devices, reads keys and rollouts).
+    pub token: String,
+    /// Number of devices.
+    pub devices: usize,
+    /// Their board.
+    pub board: String,
+    /// Their environment.
+    pub environment: String,
+    /// Device ids are `PREFIX-00000` ...
+    pub prefix: String,
+    /// How devices behave.
+    pub behaviour: Behaviour,
+    /// Pause between rounds that had no offer.
+    pub checkin_interval: Duration,
+    /// Rounds without any offer after which the run stops although a rollout is rolling.
+    pub max_idle_rounds: u32,
+    /// Devices updating at the same time at most.
+    pub concurrency: usize,
+    /// Seed for power cuts and chunking.
+    pub seed: u64,
+}
+
+/// The outcome of a run.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Summary {
+    /// Devices.
+    pub devices: usize,
+    /// Devices per running image id (`none` if slot A holds no readable image).
+    pub running: BTreeMap<String, usize>,
+    /// Updates confirmed.
+    pub confirmed: u64,
+    /// Updates reverted by the boot logic.
+    pub reverted: u64,
+    /// Offers refused or failed.
+    pub failed: u64,
+    /// Devices that can no longer boot.
+    pub bricked: u64,
+    /// Power cuts survived.
+    pub power_cuts: u64,
+    /// Check-ins made.
+    pub checkins: u64,
+    /// Offers received.
+    pub offers: u64,
+    /// Image bytes downloaded.
+    pub downloaded_bytes: u64,
+    /// Rounds run.
+    pub rounds: u32,
+    /// Wall time, seconds.
+    pub seconds: f64,
+    /// Why the run stopped.
+    pub stopped: String,
+}
+
+impl Summary {
+    /// A readable account.
+    pub fn to_text(&self) -> String {
+        let mut out = format!(
+            "{} devices, {} rounds in {:.1} s ({})\n",
+            self.devices, self.rounds, self.seconds, self.stopped
+        );
+        for (image, n) in &self.running {
+            let short = if image.len() > 12 { &image[..12] } else { image };
+            out.push_str(&format!("  running {short}: {n} devices\n"));
+        }
+        out.push_str(&format!(
+            "  confirmed {}, reverted {}, failed {}, bricked {}\n  {} check-ins, {} offers, {} bytes downloaded, {} power cuts survived\n",
+            self.confirmed,
+            self.reverted,
+            self.failed,
+            self.bricked,
+            self.checkins,
+            self.offers,
+            self.downloaded_bytes,
+            self.power_cuts
+        ));
+        out
+    }
+}
+
+/// A simulated fleet.
+pub struct Fleet {
+    client: Client,
+    options: Options,
+    devices: Vec<SimulatedDevice>,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet").field("devices", &self.devices.len()).finish()
+    }
+}
+
+fn trusted(hex_key: &str) -> Result<TrustedKey> {
+    let raw: [u8; 32] = hex::decode(hex_key)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| anyhow!("server sent a malformed key {hex_key:?}"))?;
+    TrustedKey::from_bytes(&raw).map_err(|e| anyhow!("server sent an unusable key: {e}"))
+}
+
+impl Fleet {
+    /// Enrolls `options.devices` devices (taking over existing enrollments with a new token)
+    /// and provisions each with `factory` (a `.fwi` file) in slot A.
+    pub async fn enroll(options: Options, factory: &[u8]) -> Result<Fleet> {
+        let client = Client::new(&options.server)?;
+        let token = options.token.clone();
+        let env: api::EnvironmentInfo = client
+            .get(&format!("/api/v1/environments/{}", options.environment), &token)
+            .await?
+            .json()
+            .context("reading the environment")?;
+        let keys: Vec<api::BuildKey> = client.get("/api/v1/build-keys", &token).await?.json()?;
+        let identity = Identity {
+            board: options.board.clone(),
+            build_keys: keys.iter().map(|k| trusted(&k.public_key)).collect::<Result<_>>()?,
+            environment: options.environment.clone(),
+            environment_keys: vec![trusted(&env.release_public_key)?],
+        };
+        let catalog = boards::Catalog::builtin()?;
+        let layout = catalog
+            .get(&options.board)?
+            .flash_layout()
+            .map_err(|e| anyhow!("board {}: {e:?}", options.board))?;
+        let mut template = SimDevice::new(layout, identity);
+        template.provision(factory).map_err(|e| anyhow!("factory image: {e}"))?;
+        template.boot().map_err(|e| anyhow!("the factory image does not boot: {e}"))?;
+
+        let mut set = JoinSet::new();
+        let limit = Arc::new(tokio::sync::Semaphore::new(64));
+        for i in 0..options.devices {
+            let id = format!("{}-{i:05}", options.prefix);
+            let (client, token, board, environment, limit) = (
+                client.clone(),
+                token.clone(),
+                options.board.clone(),
+                options.environment.clone(),
+                limit.clone(),
+            );
+            set.spawn(async move {
+                let _permit = limit.acquire().await;
+                let new = api::NewDevice { id: id.clone(), board, environment };
+                let r = client.post("/api/v1/devices", &token, &new).await?;
+                let created: api::DeviceCreated = if r.code().as_deref() == Some("exists") {
+                    client
+                        .post(
+                            &format!("/api/v1/devices/{id}/token"),
+                            &token,
+                            &serde_json::json!({}),
+                        )
+                        .await?
+                        .json()
+                        .with_context(|| format!("taking over device {id}"))?
+                } else {
+                    r.json().with_context(|| format!("enrolling device {id}"))?
+                };
+                if created.device.environment != new.environment
+                    || created.device.board != new.board
+                {
+                    bail!(
+                        "device {id} is enrolled in {} on {}, not {} on {}",
+                        created.device.environment,
+                        created.device.board,
+                        new.environment,
+                        new.board
+                    );
+                }
+                anyhow::Ok((i, created.token))
+            });
+        }
+        let mut tokens = vec![String::new(); options.devices];
+        while let Some(joined) = set.join_next().await {
+            let (i, token) = joined??;
+            tokens[i] = token;
+        }
+        let devices = tokens
+            .into_iter()
+            .enumerate()
+            .map(|(i, token)| {
+                let id = format!("{}-{i:05}", options.prefix);
+                SimulatedDevice::new(
+                    id,
+                    token,
+                    template.clone(),
+                    options.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                )
+            })
+            .collect();
+        Ok(Fleet { client, options, devices })
+    }
+
+    /// Changes how devices behave from now on.
+    pub fn set_behaviour(&mut self, behaviour: Behaviour) {
+        self.options.behaviour = behaviour;
+    }
+
+    /// The devices.
+    pub fn devices(&mut self) -> &mut [SimulatedDevice] {
+        &mut self.devices
+    }
+
+    /// Whether a rollout for this fleet's environment and board is still rolling.
+    async fn rolling(&self) -> Result<bool> {
+        let env: api::EnvironmentInfo = self
+            .client
+            .get(&format!("/api/v1/environments/{}", self.options.environment), &self.options.token)
+            .await?
+            .json()?;
+        Ok(env
+            .current
+            .iter()
+            .any(|r| r.board == self.options.board && r.state == RolloutState::Rolling))
+    }
+
+    /// Runs rounds until no device has work left; returns what happened.
+    pub async fn run(&mut self) -> Result<Summary> {
+        let started = Instant::now();
+        let before: Vec<Tally> = self.devices.iter().map(|d| d.tally).collect();
+        let mut rounds = 0;
+        let mut idle = 0;
+        let stopped = loop {
+            rounds += 1;
+            let (updated, bricked) = self.round().await?;
+            if bricked > 0 && updated == 0 {
+                break "devices bricked".to_owned();
+            }
+            if updated > 0 {
+                idle = 0;
+                continue;
+            }
+            if !self.rolling().await? {
+                break "no device has work left".to_owned();
+            }
+            idle += 1;
+            if idle >= self.options.max_idle_rounds {
+                break format!("{idle} rounds without an offer while the rollout is rolling");
+            }
+            tokio::time::sleep(self.options.checkin_interval).await;
+        };
+        let mut summary =
+            Summary { devices: self.devices.len(), rounds, stopped, ..Summary::default() };
+        for (d, before) in self.devices.iter_mut().zip(before) {
+            let t = d.tally;
+            summary.confirmed += t.confirmed - before.confirmed;
+            summary.reverted += t.reverted - before.reverted;
+            summary.failed += t.failed - before.failed;
+            summary.power_cuts += t.power_cuts - before.power_cuts;
+            summary.checkins += t.checkins - before.checkins;
+            summary.offers += t.offers - before.offers;
+            summary.downloaded_bytes += t.downloaded - before.downloaded;
+            summary.bricked += u64::from(t.bricked);
+            let running = if t.bricked { None } else { d.running() };
+            let key = running.map_or_else(|| "none".to_owned(), |id: ImageId| id.to_string());
+            *summary.running.entry(key).or_default() += 1;
+        }
+        summary.seconds = started.elapsed().as_secs_f64();
+        Ok(summary)
+    }
+
+    /// One round: every device checks in once. Returns (devices that updated, bricked).
+    async fn round(&mut self) -> Result<(usize, usize)> {
+        let devices = std::mem::take(&mut self.devices);
+        let n = devices.len();
+        let limit = Arc::new(tokio::sync::Semaphore::new(self.options.concurrency.max(1)));
+        let mut set = JoinSet::new();
+        for (i, mut d) in devices.into_iter().enumerate() {
+            let (client, behaviour, limit) =
+                (self.client.clone(), self.options.behaviour, limit.clone());
+            set.spawn(async move {
+                let _permit = limit.acquire().await;
+                let step = d.step(&client, behaviour).await;
+                (i, d, step)
+            });
+        }
+        let mut back: Vec<Option<SimulatedDevice>> = (0..n).map(|_| None).collect();
+        let (mut updated, mut bricked, mut error) = (0, 0, None);
+        while let Some(joined) = set.join_next().await {
+            let (i, d, step) = joined?;
+            match step {
+                Ok(Step::Updated) => updated += 1,
+                Ok(Step::Bricked) => bricked += 1,
+                Ok(Step::Idle) => {}
+                Err(e) => error = Some(e),
+            }
+            back[i] = Some(d);
+        }
+        self.devices =
+            back.into_iter().map(|d| d.expect("every task returns its device")).collect();
+        if let Some(e) = error {
+            return Err(e);
+        }
+        Ok((updated, bricked))
+    }
+}
