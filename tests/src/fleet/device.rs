@@ -61,6 +61,14 @@ pub enum Step {
     Bricked,
 }
 
+/// The phases power may be cut in.
+#[derive(Clone, Copy, Debug)]
+enum Phase {
+    Download = 0,
+    Swap = 1,
+    Revert = 2,
+}
+
 /// A simulated device.
 #[derive(Debug)]
 pub struct SimulatedDevice {
@@ -76,6 +84,9 @@ pub struct SimulatedDevice {
     pub tally: Tally,
     /// Last outcome, for the next check-in.
     last_outcome: Option<String>,
+    /// Flash operations each phase took the last time it ran uncut: a cut is placed
+    /// uniformly among them, so it lands inside the phase.
+    spans: [u64; 3],
 }
 
 /// Whether `device` finds `image` unhealthy: a stable choice of `ratio` of the devices.
@@ -103,6 +114,7 @@ impl SimulatedDevice {
             rng: Rng::new(seed),
             tally: Tally::default(),
             last_outcome: None,
+            spans: [64; 3],
         }
     }
 
@@ -111,18 +123,27 @@ impl SimulatedDevice {
         self.device.status().ok().and_then(|s| s.running.map(|(id, _)| id))
     }
 
-    /// Schedules a power cut at one of the next `span` flash operations with probability `p`.
-    fn maybe_cut(&mut self, p: f64, span: u64) {
+    /// With probability `p`, schedules a power cut at one of the flash operations `phase` is
+    /// about to make; returns the operation count it starts at.
+    fn maybe_cut(&mut self, p: f64, phase: Phase) -> u64 {
+        let now = self.device.flash.stats().operations;
         if p <= 0.0 || (self.rng.below(1_000_000) as f64) >= p * 1_000_000.0 {
-            return;
+            return now;
         }
-        let at = self.device.flash.stats().operations + self.rng.below(span.max(1));
+        let at = now + self.rng.below(self.spans[phase as usize].max(1));
         let kind = match self.rng.below(3) {
             0 => CutKind::Before,
             1 => CutKind::After,
             _ => CutKind::Torn(self.rng.next_u64()),
         };
         self.device.flash.cut(Some(Cut { at, kind }));
+        now
+    }
+
+    /// Notes how many operations an uncut `phase` took.
+    fn measured(&mut self, phase: Phase, started: u64) {
+        let ops = self.device.flash.stats().operations.saturating_sub(started);
+        self.spans[phase as usize] = ops.max(1);
     }
 
     /// Power comes back: count the cut, clear any pending one.
@@ -136,22 +157,26 @@ impl SimulatedDevice {
 
     /// A reset: the boot logic runs until it hands over (power may be cut while it swaps or
     /// reverts; it then runs again). `None` if the device cannot boot.
-    fn reset(&mut self, cut_ratio: f64) -> Option<firmware::boot::Booted> {
-        self.maybe_cut(cut_ratio, 400);
+    fn reset(&mut self, cut_ratio: f64, phase: Phase) -> Option<firmware::boot::Booted> {
+        let mut started = self.maybe_cut(cut_ratio, phase);
+        let mut cut = false;
         for _ in 0..64 {
             match self.device.boot() {
                 Ok(b) => {
                     self.device.flash.cut(None);
+                    if !cut {
+                        self.measured(phase, started);
+                    }
                     return Some(b);
                 }
-                Err(BootError::NoBootableImage { .. }) => {
-                    if self.device.flash.is_off() {
-                        self.power_back();
-                        continue;
-                    }
+                Err(BootError::NoBootableImage { .. }) if !self.device.flash.is_off() => {
                     return None;
                 }
-                Err(_) => self.power_back(),
+                Err(_) => {
+                    self.power_back();
+                    cut = true;
+                    started = self.device.flash.stats().operations;
+                }
             }
         }
         None
@@ -223,7 +248,7 @@ impl SimulatedDevice {
         self.event(client, &offer.image_id, EventKind::Installed, None).await?;
 
         // Reset: the boot logic swaps and boots the new image on trial.
-        let Some(booted) = self.reset(behaviour.power_cut_ratio) else {
+        let Some(booted) = self.reset(behaviour.power_cut_ratio, Phase::Swap) else {
             self.tally.bricked = true;
             return Ok(Step::Bricked);
         };
@@ -240,7 +265,7 @@ impl SimulatedDevice {
 
         if unhealthy(&self.id, image, behaviour.fail_ratio) {
             // The self-test fails: no confirm; the next reset reverts.
-            let Some(back) = self.reset(behaviour.power_cut_ratio) else {
+            let Some(back) = self.reset(behaviour.power_cut_ratio, Phase::Revert) else {
                 self.tally.bricked = true;
                 return Ok(Step::Bricked);
             };
@@ -266,18 +291,23 @@ impl SimulatedDevice {
         release: &[u8],
         behaviour: Behaviour,
     ) -> Result<Result<(), String>> {
+        let mut cut = false;
         for _attempt in 0..32 {
-            self.maybe_cut(behaviour.power_cut_ratio, 300);
+            let started = self.maybe_cut(behaviour.power_cut_ratio, Phase::Download);
             match self.download_once(client, url, release).await? {
                 Ok(()) => {
                     self.device.flash.cut(None);
+                    if !cut {
+                        self.measured(Phase::Download, started);
+                    }
                     return Ok(Ok(()));
                 }
                 Err(e) if is_power_loss(&e) && self.device.flash.is_off() => {
                     // The device resets mid-download: the boot logic runs (slot A is untouched)
                     // and the OS checks in again, resuming where the agent's checkpoint says.
                     self.power_back();
-                    if self.reset(0.0).is_none() {
+                    cut = true;
+                    if self.reset(0.0, Phase::Swap).is_none() {
                         self.tally.bricked = true;
                         return Ok(Err("cannot boot after a power cut".into()));
                     }

@@ -1,0 +1,224 @@
+//! The harness for end-to-end tests: the real `imager` and `ota-server` binaries, a fresh
+//! server on loopback, images fused from the firmware fixtures.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{OnceLock, mpsc};
+use std::time::Duration;
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// A workspace binary, from the folder this test runs from (`target/PROFILE/deps/..`).
+pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match BUILT.get_or_init(build_binaries) {
+        Ok(dir) => dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX)),
+        Err(err) => panic!("{err}"),
+    }
+}
+
+/// The folder with the workspace binaries (`target/PROFILE/`), building them only if one is
+/// missing or older than a source file. `cargo test --workspace` builds `imager`, `ota-server`
+/// and `fleet-sim` itself (their packages have tests), so normally nothing is built here;
+/// building would use other features than the test build and make the next one rebuild them.
+pub fn build_binaries() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|err| err.to_string())?;
+    let profile_dir = exe.parent().and_then(Path::parent).ok_or("test binary has no folder")?;
+    let target_dir = profile_dir.parent().ok_or("test binary is not in a target folder")?;
+    let fresh = ["imager", "ota-server", "fleet-sim"].iter().all(|name| {
+        let bin = profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+        let Ok(built) = std::fs::metadata(&bin).and_then(|m| m.modified()) else { return false };
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        ["firmware/src", "imager/src", "ota-server/src", "boards/src", "boards/defs", "tests/src"]
+            .iter()
+            .all(|dir| newest(&root.join(dir)).is_none_or(|t| t <= built))
+    });
+    if fresh {
+        return Ok(profile_dir.to_path_buf());
+    }
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev",
+        Some(name) => name,
+        None => return Err(format!("{} names no profile", profile_dir.display())),
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["build", "--quiet", "-p", "imager", "-p", "ota-server", "-p", "tests", "--bins"])
+        .args(["--profile", profile, "--target-dir"])
+        .arg(target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .map_err(|err| format!("cannot run cargo: {err}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cargo build of imager, ota-server and fleet-sim failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(profile_dir.to_path_buf())
+}
+
+/// The newest modification time of a file under `dir`.
+fn newest(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut latest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let t = if path.is_dir() { newest(&path) } else { entry.metadata().ok()?.modified().ok() };
+        latest = latest.max(t);
+    }
+    latest
+}
+
+pub fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(rel)
+}
+
+/// `name` in the scratch folder `dir`.
+pub fn path(dir: &TempDir, name: &str) -> String {
+    dir.path().join(name).to_string_lossy().into_owned()
+}
+
+/// A running `ota-server`, stopped when dropped.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+    pub token: String,
+}
+
+impl Server {
+    /// `ota-server init` in `data` with the build key and prod's release key, then `serve` on
+    /// a free loopback port.
+    pub fn start(dir: &TempDir, build_pub: &str, prod_pub: &str) -> Server {
+        let server = bin("ota-server");
+        let data = path(dir, "data");
+        let init = Command::new(&server)
+            .args(["init", "--data", &data, "--build-key", build_pub, "--prod-key", prod_pub])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&init.stdout);
+        assert!(
+            init.status.success(),
+            "ota-server init failed: {stdout}{}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        let token = stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("admin token:"))
+            .unwrap_or_else(|| panic!("no `admin token:` line from ota-server init: {stdout}"))
+            .trim()
+            .to_owned();
+
+        let log = std::fs::File::create(path(dir, "server.log")).unwrap();
+        let mut child = Command::new(&server)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data", &data])
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            // Keep reading so the server never blocks on a full pipe.
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(url) = line.trim().strip_prefix("listening on ") {
+                    let _ = tx.send(url.trim().to_owned());
+                }
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                let log = std::fs::read_to_string(path(dir, "server.log")).unwrap_or_default();
+                panic!("ota-server did not print `listening on URL` within 60 s; its log:\n{log}");
+            }
+        };
+        Server { child, url, token }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `imager` with the server (if any) given through the environment, as CI would.
+pub fn imager(server: Option<&Server>, args: &[&str]) -> Output {
+    let mut command = Command::new(bin("imager"));
+    command.args(args);
+    for var in ["IMAGER_SERVER", "IMAGER_TOKEN", "IMAGER_BOARDS", "http_proxy", "HTTP_PROXY"] {
+        command.env_remove(var);
+    }
+    command.env_remove("ALL_PROXY").env_remove("all_proxy");
+    if let Some(server) = server {
+        command.env("IMAGER_SERVER", &server.url).env("IMAGER_TOKEN", &server.token);
+    }
+    let out = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("internal error"),
+        "{args:?}: {stderr}"
+    );
+    out
+}
+
+pub fn ok(server: Option<&Server>, args: &[&str]) -> String {
+    let out = imager(server, args);
+    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+pub fn json(server: &Server, args: &[&str]) -> Value {
+    let mut args = args.to_vec();
+    args.push("--json");
+    let text = ok(Some(server), &args);
+    serde_json::from_str(&text).unwrap_or_else(|err| panic!("{args:?}: {err}: {text}"))
+}
+
+/// Runs a command that must fail with exit code 1 and one `error: ...` line; returns it.
+pub fn fails(server: Option<&Server>, args: &[&str]) -> String {
+    let out = imager(server, args);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+    assert!(stderr.starts_with("error: ") && stderr.lines().count() == 1, "{args:?}: {stderr:?}");
+    stderr
+}
+
+pub fn keygen(dir: &TempDir, name: &str) -> (String, String) {
+    ok(None, &["keygen", "--out", &path(dir, name)]);
+    (path(dir, &format!("{name}.pem")), path(dir, &format!("{name}.pub.pem")))
+}
+
+/// Fuses the microbit fixtures as `version`, signed with `key`; returns the file and its id.
+pub fn fuse(dir: &TempDir, key: &str, version: &str) -> (String, String) {
+    let out = path(dir, &format!("microbit-{version}.fwi"));
+    let (os, app) = (fixture("microbit/os.elf"), fixture("microbit/app.elf"));
+    let (os, app) = (os.to_str().unwrap(), app.to_str().unwrap());
+    ok(
+        None,
+        &[
+            "fuse",
+            "--board",
+            "microbit",
+            "--os",
+            os,
+            "--app",
+            app,
+            "--version",
+            version,
+            "--key",
+            key,
+            "--out",
+            &out,
+        ],
+    );
+    let summary: Value = serde_json::from_str(&ok(None, &["inspect", &out, "--json"])).unwrap();
+    (out, summary["id"].as_str().unwrap().to_owned())
+}
