@@ -12,6 +12,7 @@ use firmware::boot::BootError;
 use firmware::image::{ImageId, MAX_WINDOW};
 use firmware::sim::device::SimDevice;
 use firmware::sim::{Cut, CutKind, Rng};
+use firmware::state::{OutcomeKind, RevertReason};
 use firmware::update::{Agent, AgentConfig, SlotB, UpdateError};
 use hyper::Method;
 use ota_server::api::{self, CheckIn, EventKind, NewEvent, SlotBReport};
@@ -61,6 +62,18 @@ pub enum Step {
     Bricked,
 }
 
+/// How a download ended.
+enum Downloaded {
+    /// Verified in slot B, waiting for a reset.
+    Pending,
+    /// A power cut reset the device after the last write: it swapped and runs it on trial.
+    Booted(firmware::boot::Booted),
+    /// The agent refused the offer or the image failed its checks.
+    Refused(String),
+    /// The device cannot boot.
+    Bricked,
+}
+
 /// The phases power may be cut in.
 #[derive(Clone, Copy, Debug)]
 enum Phase {
@@ -84,6 +97,8 @@ pub struct SimulatedDevice {
     pub tally: Tally,
     /// Last outcome, for the next check-in.
     last_outcome: Option<String>,
+    /// The last image this device reverted or refused.
+    pub last_failed: Option<ImageId>,
     /// Flash operations each phase took the last time it ran uncut: a cut is placed
     /// uniformly among them, so it lands inside the phase.
     spans: [u64; 3],
@@ -114,6 +129,7 @@ impl SimulatedDevice {
             rng: Rng::new(seed),
             tally: Tally::default(),
             last_outcome: None,
+            last_failed: None,
             spans: [64; 3],
         }
     }
@@ -227,6 +243,14 @@ impl SimulatedDevice {
         if self.tally.bricked {
             return Ok(Step::Bricked);
         }
+        // An image on trial (a reset landed the update before the OS could finish it): the
+        // OS runs its self-test first, as after any update.
+        if let Ok(status) = self.device.status()
+            && status.trial
+            && let Some((image, _)) = status.running
+        {
+            return self.settle_trial(client, image, behaviour).await;
+        }
         let report = self.report();
         self.tally.checkins += 1;
         let answer: api::CheckInResponse =
@@ -239,58 +263,100 @@ impl SimulatedDevice {
         self.event(client, &offer.image_id, EventKind::Downloading, None).await?;
 
         // Download into slot B, resuming from the agent's checkpoint after each power cut.
-        if let Err(refusal) = self.download(client, &offer.url, &release, behaviour).await? {
-            self.tally.failed += 1;
-            self.last_outcome = Some(format!("refused {}: {refusal}", &offer.image_id[..12]));
-            self.event(client, &offer.image_id, EventKind::Failed, Some(refusal)).await?;
-            return Ok(Step::Updated);
-        }
-        self.event(client, &offer.image_id, EventKind::Installed, None).await?;
-
-        // Reset: the boot logic swaps and boots the new image on trial.
-        let Some(booted) = self.reset(behaviour.power_cut_ratio, Phase::Swap) else {
-            self.tally.bricked = true;
-            return Ok(Step::Bricked);
+        let booted = match self.download(client, &offer.url, &release, behaviour).await? {
+            Downloaded::Refused(refusal) => {
+                self.tally.failed += 1;
+                self.last_failed = Some(image);
+                self.last_outcome = Some(format!("refused {}: {refusal}", &offer.image_id[..12]));
+                self.event(client, &offer.image_id, EventKind::Failed, Some(refusal)).await?;
+                return Ok(Step::Updated);
+            }
+            Downloaded::Bricked => {
+                self.tally.bricked = true;
+                return Ok(Step::Bricked);
+            }
+            Downloaded::Booted(booted) => {
+                // Power was cut right after the download was complete: the reset swapped.
+                self.event(client, &offer.image_id, EventKind::Installed, None).await?;
+                booted
+            }
+            Downloaded::Pending => {
+                self.event(client, &offer.image_id, EventKind::Installed, None).await?;
+                // Reset: the boot logic swaps and boots the new image on trial.
+                let Some(booted) = self.reset(behaviour.power_cut_ratio, Phase::Swap) else {
+                    self.tally.bricked = true;
+                    return Ok(Step::Bricked);
+                };
+                booted
+            }
         };
         if booted.image.id != image || !booted.trial {
-            self.tally.failed += 1;
-            let detail = format!(
-                "after the reset slot A runs {}, not the new image on trial",
-                booted.image.id
-            );
-            self.event(client, &offer.image_id, EventKind::Failed, Some(detail)).await?;
+            // The boot logic took the new image back out before the OS ran it: power was lost
+            // during its trial boot (which counts), or it no longer verified.
+            let outcome = self.device.status().ok().and_then(|s| s.outcome);
+            let (kind, detail) = match outcome.map(|o| o.kind) {
+                Some(OutcomeKind::Reverted(reason)) => {
+                    self.tally.reverted += 1;
+                    let why = match reason {
+                        RevertReason::NotConfirmed => "its trial boot ended without a confirm",
+                        RevertReason::ImageInvalid => "it failed its check at boot",
+                    };
+                    (EventKind::Reverted, format!("the boot logic reverted it: {why}"))
+                }
+                other => {
+                    self.tally.failed += 1;
+                    let detail = format!(
+                        "after the reset slot A runs {}, not the new image on trial ({other:?})",
+                        booted.image.id
+                    );
+                    (EventKind::Failed, detail)
+                }
+            };
+            self.last_failed = Some(image);
+            self.last_outcome = Some(format!("{} {}", kind.as_str(), &offer.image_id[..12]));
+            self.event(client, &offer.image_id, kind, Some(detail)).await?;
             return Ok(Step::Updated);
         }
-        self.event(client, &offer.image_id, EventKind::Booted, None).await?;
+        self.settle_trial(client, image, behaviour).await
+    }
 
+    /// The OS's self-test of an image on trial: confirm it, or (unhealthy) leave it to the
+    /// boot logic to revert at the next reset.
+    async fn settle_trial(
+        &mut self,
+        client: &Client,
+        image: ImageId,
+        behaviour: Behaviour,
+    ) -> Result<Step> {
+        let id = image.to_string();
+        self.event(client, &id, EventKind::Booted, None).await?;
         if unhealthy(&self.id, image, behaviour.fail_ratio) {
-            // The self-test fails: no confirm; the next reset reverts.
             let Some(back) = self.reset(behaviour.power_cut_ratio, Phase::Revert) else {
                 self.tally.bricked = true;
                 return Ok(Step::Bricked);
             };
             self.tally.reverted += 1;
-            self.last_outcome = Some(format!("reverted {}", &offer.image_id[..12]));
+            self.last_failed = Some(image);
+            self.last_outcome = Some(format!("reverted {}", &id[..12]));
             let detail = format!("self-test failed; the boot logic went back to {}", back.image.id);
-            self.event(client, &offer.image_id, EventKind::Reverted, Some(detail)).await?;
+            self.event(client, &id, EventKind::Reverted, Some(detail)).await?;
         } else {
             self.device.confirm().map_err(|e| anyhow!("device {}: confirm: {e}", self.id))?;
             self.tally.confirmed += 1;
-            self.last_outcome = Some(format!("updated to {}", &offer.image_id[..12]));
-            self.event(client, &offer.image_id, EventKind::Confirmed, None).await?;
+            self.last_outcome = Some(format!("updated to {}", &id[..12]));
+            self.event(client, &id, EventKind::Confirmed, None).await?;
         }
         Ok(Step::Updated)
     }
 
-    /// Streams the offered image into the agent. `Ok(Err(reason))` when the agent refuses or
-    /// the image fails its checks.
+    /// Streams the offered image into the agent, resuming after power cuts.
     async fn download(
         &mut self,
         client: &Client,
         url: &str,
         release: &[u8],
         behaviour: Behaviour,
-    ) -> Result<Result<(), String>> {
+    ) -> Result<Downloaded> {
         let mut cut = false;
         for _attempt in 0..32 {
             let started = self.maybe_cut(behaviour.power_cut_ratio, Phase::Download);
@@ -300,19 +366,21 @@ impl SimulatedDevice {
                     if !cut {
                         self.measured(Phase::Download, started);
                     }
-                    return Ok(Ok(()));
+                    return Ok(Downloaded::Pending);
                 }
                 Err(e) if is_power_loss(&e) && self.device.flash.is_off() => {
-                    // The device resets mid-download: the boot logic runs (slot A is untouched)
-                    // and the OS checks in again, resuming where the agent's checkpoint says.
+                    // The device resets mid-download: the boot logic runs and the OS checks in
+                    // again, resuming where the agent's checkpoint says — unless the cut came
+                    // after the download's last write, and the reset installed it.
                     self.power_back();
                     cut = true;
-                    if self.reset(0.0, Phase::Swap).is_none() {
-                        self.tally.bricked = true;
-                        return Ok(Err("cannot boot after a power cut".into()));
+                    match self.reset(0.0, Phase::Swap) {
+                        None => return Ok(Downloaded::Bricked),
+                        Some(booted) if booted.trial => return Ok(Downloaded::Booted(booted)),
+                        Some(_) => {}
                     }
                 }
-                Err(e) => return Ok(Err(e.to_string())),
+                Err(e) => return Ok(Downloaded::Refused(e.to_string())),
             }
         }
         Err(anyhow!("device {}: download did not finish after 32 power cuts", self.id))

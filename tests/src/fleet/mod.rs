@@ -230,17 +230,27 @@ impl Fleet {
         &mut self.devices
     }
 
-    /// Whether a rollout for this fleet's environment and board is still rolling.
-    async fn rolling(&self) -> Result<bool> {
+    /// Whether some device may still get work: the environment's current release for the
+    /// board is rolling (so a later stage may include more devices) and some device of this
+    /// fleet neither runs its image nor failed it.
+    async fn work_left(&mut self) -> Result<bool> {
         let env: api::EnvironmentInfo = self
             .client
             .get(&format!("/api/v1/environments/{}", self.options.environment), &self.options.token)
             .await?
             .json()?;
-        Ok(env
+        let Some(release) = env
             .current
             .iter()
-            .any(|r| r.board == self.options.board && r.state == RolloutState::Rolling))
+            .find(|r| r.board == self.options.board && r.state == RolloutState::Rolling)
+        else {
+            return Ok(false);
+        };
+        let image = ImageId::from_hex(&release.image_id)
+            .ok_or_else(|| anyhow!("server sent a bad image id"))?;
+        Ok(self.devices.iter_mut().any(|d| {
+            !d.tally.bricked && d.last_failed != Some(image) && d.running() != Some(image)
+        }))
     }
 
     /// Runs rounds until no device has work left; returns what happened.
@@ -259,7 +269,7 @@ impl Fleet {
                 idle = 0;
                 continue;
             }
-            if !self.rolling().await? {
+            if !self.work_left().await? {
                 break "no device has work left".to_owned();
             }
             idle += 1;
