@@ -28,6 +28,7 @@ fn options(server: &Server, env: &str, devices: usize, prefix: &str, cuts: f64) 
         max_idle_rounds: 50,
         concurrency: 64,
         seed: 7,
+        verbose: false,
     }
 }
 

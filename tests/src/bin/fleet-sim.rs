@@ -122,6 +122,7 @@ async fn run(cli: &Cli) -> Result<tests::fleet::Summary> {
         max_idle_rounds: cli.max_idle_rounds,
         concurrency: cli.concurrency,
         seed: cli.seed,
+        verbose: !cli.json,
     };
     let mut fleet = Fleet::enroll(options, &factory).await?;
     fleet.run().await

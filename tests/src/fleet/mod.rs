@@ -50,6 +50,8 @@ pub struct Options {
     pub concurrency: usize,
     /// Seed for power cuts and chunking.
     pub seed: u64,
+    /// Print a line per round to stderr (what the devices did, where the rollout stands).
+    pub verbose: bool,
 }
 
 /// The outcome of a run.
@@ -261,7 +263,11 @@ impl Fleet {
         let mut idle = 0;
         let stopped = loop {
             rounds += 1;
+            let tally_before: Vec<Tally> = self.devices.iter().map(|d| d.tally).collect();
             let (updated, bricked) = self.round().await?;
+            if self.options.verbose && updated > 0 {
+                self.print_round(rounds, &tally_before).await?;
+            }
             if bricked > 0 && updated == 0 {
                 break "devices bricked".to_owned();
             }
@@ -296,6 +302,45 @@ impl Fleet {
         }
         summary.seconds = started.elapsed().as_secs_f64();
         Ok(summary)
+    }
+
+    /// Prints what a round did and where the rollout stands.
+    async fn print_round(&self, round: u32, before: &[Tally]) -> Result<()> {
+        let mut d = Tally::default();
+        for (dev, b) in self.devices.iter().zip(before) {
+            d.offers += dev.tally.offers - b.offers;
+            d.confirmed += dev.tally.confirmed - b.confirmed;
+            d.reverted += dev.tally.reverted - b.reverted;
+            d.failed += dev.tally.failed - b.failed;
+            d.power_cuts += dev.tally.power_cuts - b.power_cuts;
+        }
+        let env: api::EnvironmentInfo = self
+            .client
+            .get(&format!("/api/v1/environments/{}", self.options.environment), &self.options.token)
+            .await?
+            .json()?;
+        let rollout = env.current.iter().find(|r| r.board == self.options.board).map_or_else(
+            || "no release".to_owned(),
+            |r| {
+                format!(
+                    "release {}/{} ({}) {}, stage {}/{} ({}%): {} of {} confirmed",
+                    r.environment,
+                    r.sequence,
+                    &r.image_id[..12],
+                    r.state.as_str(),
+                    r.stage + 1,
+                    r.stages.len(),
+                    r.stages.get(r.stage).copied().unwrap_or(100),
+                    r.progress.confirmed,
+                    r.progress.in_stage
+                )
+            },
+        );
+        eprintln!(
+            "round {round}: {} offered, {} confirmed, {} reverted, {} failed, {} power cuts; {rollout}",
+            d.offers, d.confirmed, d.reverted, d.failed, d.power_cuts
+        );
+        Ok(())
     }
 
     /// One round: every device checks in once. Returns (devices that updated, bricked).
