@@ -1,0 +1,192 @@
+//! Reference scenario R3: 10,000 simulated devices (1,000 in test, 9,000 in prod), one release
+//! to test, then the promotion to prod with its staged rollout, until every device confirmed.
+//! Prints wall time, check-ins, bytes served and the server's peak RSS.
+//!
+//! Needs the release binaries: `cargo build --release -p imager -p ota-server`, then
+//! `cargo run --release -p tests --example r3-bench [-- TEST_DEVICES PROD_DEVICES]`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tests::fleet::device::Behaviour;
+use tests::fleet::{Fleet, Options, Summary};
+
+fn release_bin(name: &str) -> Result<PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release").join(name);
+    if !path.exists() {
+        bail!("{} is missing: run `cargo build --release -p imager -p ota-server`", path.display());
+    }
+    Ok(path)
+}
+
+fn imager(args: &[&str], server: Option<(&str, &str)>) -> Result<String> {
+    let mut c = Command::new(release_bin("imager")?);
+    c.args(args);
+    if let Some((url, token)) = server {
+        c.env("IMAGER_SERVER", url).env("IMAGER_TOKEN", token);
+    }
+    let out = c.output()?;
+    if !out.status.success() {
+        bail!("imager {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Peak resident set of a process, in MiB (VmHWM).
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn options(url: &str, token: &str, env: &str, devices: usize, prefix: &str) -> Options {
+    Options {
+        server: url.into(),
+        token: token.into(),
+        devices,
+        board: "microbit".into(),
+        environment: env.into(),
+        prefix: prefix.into(),
+        behaviour: Behaviour { fail_ratio: 0.0, power_cut_ratio: 0.0 },
+        checkin_interval: Duration::from_millis(100),
+        max_idle_rounds: 100,
+        concurrency: 512,
+        seed: 3,
+        verbose: true,
+    }
+}
+
+fn line(what: &str, s: &Summary) {
+    println!(
+        "  {what:<5} {:>6} devices  {:>5.1} s  {:>3} rounds  {:>7} check-ins  {:>6} confirmed  {:>11} bytes",
+        s.devices, s.seconds, s.rounds, s.checkins, s.confirmed, s.downloaded_bytes
+    );
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let (n_test, n_prod) =
+        (args.first().copied().unwrap_or(1_000), args.get(1).copied().unwrap_or(9_000));
+    let dir = tempfile::tempdir()?;
+    let p = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/microbit");
+    let (os, app) = (fixtures.join("os.elf"), fixtures.join("app.elf"));
+    imager(&["keygen", "--out", &p("build")], None)?;
+    imager(&["keygen", "--out", &p("prod")], None)?;
+    for v in ["1.0.0", "2.0.0"] {
+        imager(
+            &[
+                "fuse",
+                "--board",
+                "microbit",
+                "--os",
+                &os.to_string_lossy(),
+                "--app",
+                &app.to_string_lossy(),
+                "--version",
+                v,
+                "--key",
+                &p("build.pem"),
+                "--out",
+                &p(&format!("{v}.fwi")),
+            ],
+            None,
+        )?;
+    }
+    let id = |v: &str| -> Result<String> {
+        let json: serde_json::Value =
+            serde_json::from_str(&imager(&["inspect", "--json", &p(&format!("{v}.fwi"))], None)?)?;
+        Ok(json["id"].as_str().context("id")?.to_owned())
+    };
+    let v2 = id("2.0.0")?;
+
+    let server_bin = release_bin("ota-server")?;
+    let init = Command::new(&server_bin)
+        .args([
+            "init",
+            "--data",
+            &p("data"),
+            "--build-key",
+            &p("build.pub.pem"),
+            "--prod-key",
+            &p("prod.pub.pem"),
+        ])
+        .output()?;
+    let init = String::from_utf8_lossy(&init.stdout).into_owned();
+    let token = init
+        .lines()
+        .find_map(|l| l.strip_prefix("admin token: "))
+        .context("admin token")?
+        .to_owned();
+    let mut child = Command::new(&server_bin)
+        .args(["serve", "--data", &p("data"), "--listen", "127.0.0.1:0"])
+        .env("OTA_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut first)?;
+    let url =
+        first.trim().strip_prefix("listening on ").context("server did not start")?.to_owned();
+    let server = Some((url.as_str(), token.as_str()));
+    imager(&["push", &p("1.0.0.fwi")], server)?;
+    imager(&["push", &p("2.0.0.fwi")], server)?;
+    let factory = std::fs::read(p("1.0.0.fwi"))?;
+
+    println!("R3: {n_test} test + {n_prod} prod simulated micro:bits, server {url}");
+    let setup = Instant::now();
+    let mut test = Fleet::enroll(options(&url, &token, "test", n_test, "qa"), &factory).await?;
+    let mut prod = Fleet::enroll(options(&url, &token, "prod", n_prod, "field"), &factory).await?;
+    println!(
+        "  enrolled and provisioned {} devices in {:.1} s (not timed below)",
+        n_test + n_prod,
+        setup.elapsed().as_secs_f64()
+    );
+
+    let started = Instant::now();
+    imager(&["release", "test", &v2], server)?;
+    let t = test.run().await?;
+    imager(&["promote", &v2, "--to", "prod", "--key", &p("prod.pem")], server)?;
+    let s = prod.run().await?;
+    let wall = started.elapsed().as_secs_f64();
+    let rss = peak_rss_mib(child.id());
+    let own = peak_rss_mib(std::process::id());
+    let metrics = tests::fleet::client::Client::new(&url)?.get("/metrics", "").await?;
+    let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
+    let metric = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+            .unwrap_or_default()
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+
+    println!("R3 results ({} cores):", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    line("test", &t);
+    line("prod", &s);
+    let confirmed = t.confirmed + s.confirmed;
+    println!(
+        "  wall {wall:.1} s (release to test .. every device confirmed), {} of {} devices confirmed, {} bricked",
+        confirmed,
+        n_test + n_prod,
+        t.bricked + s.bricked
+    );
+    println!(
+        "  server: {} check-ins, {} downloads, {} bytes served, peak RSS {rss:.0} MiB",
+        metric("ota_checkins_total "),
+        metric("ota_downloads_total "),
+        metric("ota_download_bytes_total ")
+    );
+    println!("  simulator: peak RSS {own:.0} MiB for {} devices", n_test + n_prod);
+    if confirmed as usize != n_test + n_prod {
+        bail!("not every device confirmed");
+    }
+    Ok(())
+}
