@@ -45,7 +45,7 @@ fn bench() -> Bench {
 
 fn slot_a(device: &SimDevice) -> Vec<u8> {
     let a = device.layout.slot(Slot::A);
-    device.flash.data()[a.offset as usize..a.end() as usize].to_vec()
+    device.flash.read_vec(a.offset, a.size as usize)
 }
 
 /// Runs `attempt`; it must fail as `expected` says, and leave slot A and the running image

@@ -97,7 +97,7 @@ fn a_resumed_download_leaves_no_stale_bytes_between_components() {
     d.flash = flash;
     assert_eq!(d.boot().unwrap().image.id, new.id);
     let a = layout.slot(Slot::A);
-    let gap = &d.flash.data()[(a.offset + 12 * 1024) as usize..(a.offset + 32 * 1024) as usize];
+    let gap = d.flash.read_vec(a.offset + 12 * 1024, 20 * 1024);
     assert!(gap.iter().all(|&x| x == 0xFF), "stale bytes in slot A between components");
 }
 
@@ -152,7 +152,7 @@ fn a_restore_that_does_not_take_ends_the_boot() {
     d.confirm().unwrap();
     // A unit of slot A goes bad: a bit flips, and it can no longer be erased or programmed.
     let bad = Region { offset: layout.slot(Slot::A).offset + 3 * 1024, size: 1024 };
-    let flipped = [d.flash.data()[bad.offset as usize + 10] ^ 0x01];
+    let flipped = [d.flash.read_vec(bad.offset + 10, 1)[0] ^ 0x01];
     d.flash.load(bad.offset + 10, &flipped);
     let mut flash = Stuck { inner: d.flash.clone(), bad, operations: 0 };
     let result = boot(&mut flash, &layout, &BootConfig::new(&d.identity.build_keys));
@@ -214,7 +214,7 @@ fn a_damaged_log_unit_does_not_take_the_counters_back() {
     let current = (0..8u32)
         .filter_map(|i| {
             let at = (state.offset + i * 1024) as usize;
-            let slot: [u8; 32] = d.flash.data()[at..at + 32].try_into().unwrap();
+            let slot: [u8; 32] = d.flash.read_vec(at as u32, 32).try_into().unwrap();
             match Record::decode(&slot) {
                 Some(Record::UnitStart { sequence }) => Some((sequence, at)),
                 _ => None,
@@ -222,7 +222,7 @@ fn a_damaged_log_unit_does_not_take_the_counters_back() {
         })
         .max()
         .unwrap();
-    let flipped = [d.flash.data()[current.1 + 28] ^ 0x10];
+    let flipped = [d.flash.read_vec(current.1 as u32 + 28, 1)[0] ^ 0x10];
     d.flash.load(current.1 as u32 + 28, &flipped);
     let s = d.state().unwrap();
     assert_eq!((s.min_security_counter, s.release_sequence), (7, 9));

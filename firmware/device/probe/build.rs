@@ -13,7 +13,7 @@ fn main() {
     let layout = probe_layout();
     let mut flash = firmware::sim::SimFlash::new(&layout);
     firmware::state::StateLog::open(&mut flash, &layout).unwrap();
-    let state = &flash.data()[STATE_OFFSET as usize..STATE_OFFSET as usize + STATE_SIZE];
+    let state = flash.read_vec(STATE_OFFSET, STATE_SIZE);
     std::fs::write(out.join("state.bin"), state).unwrap();
     println!("cargo:rerun-if-changed=memory.x");
     println!("cargo:rerun-if-changed=src/vector.fwi");
