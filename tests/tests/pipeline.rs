@@ -154,3 +154,55 @@ async fn test_to_prod_failures_and_rollback() {
 async fn the_same_with_power_cuts() {
     pipeline(0.4).await;
 }
+
+/// The `fleet-sim` command: JSON summary, taking over its enrollment on a second run, refusals.
+#[test]
+fn fleet_sim_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let (build, build_pub) = keygen(&dir, "build");
+    let (_, prod_pub) = keygen(&dir, "prod");
+    let server = Server::start(&dir, &build_pub, &prod_pub);
+    let (v1, _) = fuse(&dir, &build, "1.0.0");
+    let (v2, v2_id) = fuse(&dir, &build, "2.0.0");
+    ok(Some(&server), &["push", &v2]);
+    ok(Some(&server), &["release", "dev", &v2_id]);
+    let sim = |extra: &[&str]| {
+        let mut c = std::process::Command::new(bin("fleet-sim"));
+        c.args(["--server", &server.url, "--token", &server.token, "--board", "microbit"])
+            .args(["--environment", "dev", "--factory", &v1, "--devices", "25"])
+            .args(extra);
+        c.output().unwrap()
+    };
+    let mut reverted_first = 0;
+    for run in 0..2 {
+        let out = sim(&["--json", "--fail-ratio", "0.2", "--power-cut-ratio", "0.5"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!((s["devices"].as_u64(), s["bricked"].as_u64()), (Some(25), Some(0)), "{s}");
+        let n = |k: &str| s[k].as_u64().unwrap();
+        let on_v2 = s["running"][&v2_id].as_u64().unwrap_or(0);
+        if run == 0 {
+            // Everyone got the offer; the unhealthy share reverted it.
+            assert_eq!(n("offers"), 25, "{s}");
+            assert_eq!(n("confirmed") + n("reverted"), 25, "{s}");
+            assert!(n("reverted") > 0, "{s}");
+            assert_eq!(on_v2, n("confirmed"));
+            reverted_first = n("reverted");
+        } else {
+            // The same devices (new tokens, factory v1 again): those that reverted v2 are not
+            // offered it again; the others take it again.
+            assert_eq!((n("offers"), n("reverted")), (25 - reverted_first, 0), "{s}");
+        }
+    }
+    let devices = json(&server, &["devices", "--env", "dev"]);
+    assert_eq!(devices.as_array().unwrap().len(), 25, "the second run took the enrollments over");
+    let out = sim(&["--fail-ratio", "2"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = std::process::Command::new(bin("fleet-sim"))
+        .args(["--server", "http://127.0.0.1:9", "--token", "x", "--board", "microbit"])
+        .args(["--environment", "dev", "--factory", &v1, "--devices", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the ota-server"));
+}
