@@ -363,12 +363,19 @@ async fn apply(tx: &mut sqlx::SqliteConnection, m: &Mutation) -> Result<(), sqlx
             .await?;
         }
         Mutation::Seen(list) => {
-            for (id, at) in list {
-                sqlx::query("UPDATE devices SET last_seen = ? WHERE id = ?")
-                    .bind(at)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+            // Hundreds of rows per statement: a statement per row costs a round trip to the
+            // database thread each, which at 100,000 devices was a tenth of the server's CPU.
+            for chunk in list.chunks(500) {
+                let values = vec!["(?, ?)"; chunk.len()].join(", ");
+                let sql = format!(
+                    "UPDATE devices SET last_seen = seen.column2 FROM (VALUES {values}) AS seen \
+                     WHERE devices.id = seen.column1"
+                );
+                let mut query = sqlx::query(&sql);
+                for (id, at) in chunk {
+                    query = query.bind(id).bind(at);
+                }
+                query.execute(&mut *tx).await?;
             }
         }
         Mutation::InsertEvent(e) => {
@@ -423,4 +430,51 @@ async fn apply(tx: &mut sqlx::SqliteConnection, m: &Mutation) -> Result<(), sqlx
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(n: usize) -> DeviceRow {
+        DeviceRow {
+            id: format!("d-{n}"),
+            board: "microbit".into(),
+            environment: "test".into(),
+            token_hash: {
+                let mut h = [0u8; 32];
+                h[..8].copy_from_slice(&(n as u64).to_le_bytes());
+                h
+            },
+            enrolled_at: 1,
+            last_seen: None,
+            running: None,
+            confirmed: false,
+            failed_image: None,
+            slot_b: None,
+            last_outcome: None,
+            release_sequence: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn last_seen_in_batches_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("ota.db"), true).await.unwrap();
+        let devices: Vec<Mutation> = (0..1_234).map(|n| Mutation::PutDevice(device(n))).collect();
+        store.commit(&devices).await.unwrap();
+        // Every other device was seen, at a time that names it.
+        let seen: Vec<(String, i64)> =
+            (0..1_234).step_by(2).map(|n| (format!("d-{n}"), 1_000 + n as i64)).collect();
+        store.commit(&[Mutation::Seen(seen)]).await.unwrap();
+        store.close().await;
+        let store = SqliteStore::open(&dir.path().join("ota.db"), false).await.unwrap();
+        let snap = store.load().await.unwrap();
+        assert_eq!(snap.devices.len(), 1_234);
+        for d in &snap.devices {
+            let n: i64 = d.id[2..].parse().unwrap();
+            let expected = (n % 2 == 0).then_some(1_000 + n);
+            assert_eq!(d.last_seen, expected, "{}", d.id);
+        }
+    }
 }

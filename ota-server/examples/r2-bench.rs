@@ -1,0 +1,1161 @@
+//! Reference scenario R2 (`../shared/DESIGN.md`): check-ins from 100,000 enrolled devices and
+//! image downloads, each measured next to a baseline in the same run, with the load coming from a
+//! separate process on loopback.
+//!
+//! ```sh
+//! cargo build --release -p ota-server
+//! cargo run --release -p ota-server --example r2-bench
+//! ```
+//!
+//! One binary plays three parts:
+//!
+//! - no arguments: the orchestrator. It starts a real `ota-server` process (the release binary
+//!   next to this example, `target/release/ota-server`; it builds nothing itself), enrolls the
+//!   devices through the API, uploads and releases an image, starts the baselines and runs the
+//!   load generator against each, then prints the results tables.
+//! - `--load ...`: the load generator. Keep-alive connections on loopback, each a loop of one
+//!   request, then its whole response; every request takes the next device token in turn.
+//!   It speaks just enough HTTP/1.1 (fixed requests, `Content-Length` responses) to cost the
+//!   machine as little as possible, and prints one JSON line of figures.
+//! - `--bare`: the check-in baseline, a minimal hyper 1.x HTTP/1 server on a default
+//!   multi-thread tokio runtime (as `ota-server serve` uses) that reads the body and answers
+//!   `{"offer":null}`, what `ota-server` answers a device with nothing to install.
+//!
+//! The download baseline is nginx (`nginx` on `PATH` or `/usr/sbin/nginx`) serving the same
+//! file bytes from a temporary folder with `sendfile on`; without nginx that half is skipped,
+//! and the output says so.
+//!
+//! Measurements alternate between a server and its baseline, `R2_ROUNDS` times each, so that
+//! drift on a shared machine hits both alike. Settings (environment): `R2_DEVICES` (100000),
+//! `R2_ROUNDS` (5), `R2_SECS` (3, each check-in round, after 1 s of warm-up), `R2_DL_SECS` (2,
+//! each download round, after 0.5 s), `R2_CONNS` (128 check-in connections), `R2_DL_CONNS`
+//! (64), `R2_LOAD_THREADS` (1: the load generator's tokio threads), `R2_ENROLL_THREADS` (4),
+//! `R2_NGINX` (the nginx binary, or `none`).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use ed25519_dalek::pkcs8::EncodePublicKey;
+use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+use firmware::image::{
+    ComponentSource, EncodedImage, HeatshrinkParams, ImageSpec, Role, SlotLayout, encode_image,
+};
+use serde_json::{Value, json};
+
+type Result<T, E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("--load") => load::main(&args[1..]),
+        Some("--bare") => bare::main(),
+        Some(other) => Err(format!("unknown argument {other:?} (none, --load or --bare)").into()),
+        None => orchestrate(),
+    };
+    if let Err(e) = result {
+        eprintln!("r2-bench: error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn setting(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+// ----- the orchestrator -----
+
+/// A child process killed when dropped.
+struct Proc {
+    child: Child,
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fails if the process has exited (something outside the benchmark may stop it).
+    fn alive(&mut self, what: &str) -> Result<()> {
+        match self.child.try_wait()? {
+            None => Ok(()),
+            Some(status) => Err(format!("{what} exited during the benchmark ({status})").into()),
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// The 1-minute load average: other work on the machine shows here.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// Starts a server that prints `listening on http://ADDR` on stdout when ready.
+fn start_listening(mut cmd: Command, what: &'static str) -> Result<(Proc, SocketAddr)> {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().ok_or("no stdout")?).read_line(&mut line)?;
+    let proc = Proc { child };
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .ok_or_else(|| format!("{what} did not start: {line:?}"))?
+        .parse()?;
+    Ok((proc, addr))
+}
+
+/// A small blocking client for the setup calls.
+struct Api {
+    agent: ureq::Agent,
+    base: String,
+}
+
+impl Api {
+    fn new(addr: SocketAddr) -> Self {
+        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        Api { agent, base: format!("http://{addr}") }
+    }
+
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Result<(u16, Value)> {
+        let mut req = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("Authorization", format!("Bearer {token}"));
+        let mut response = match body {
+            Some((content_type, bytes)) => {
+                req = req.header("Content-Type", content_type);
+                self.agent.run(req.body(bytes)?)?
+            }
+            None => self.agent.run(req.body(())?)?,
+        };
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string()?;
+        let value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text)? };
+        Ok((status, value))
+    }
+
+    fn post_json(&self, path: &str, token: &str, body: Value, want: u16) -> Result<Value> {
+        let (status, reply) =
+            self.call("POST", path, token, Some(("application/json", serde_json::to_vec(&body)?)))?;
+        if status != want {
+            return Err(format!("POST {path}: {status} {reply}").into());
+        }
+        Ok(reply)
+    }
+}
+
+fn write_public_pem(path: &Path, key: &SigningKey) -> Result<()> {
+    std::fs::write(path, key.verifying_key().to_public_key_pem(LineEnding::LF)?)?;
+    Ok(())
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/microbit")
+}
+
+/// An image for `board` whose one component is `code` at the start of slot A.
+fn image(board: &str, code: Vec<u8>, key: &SigningKey) -> Result<EncodedImage> {
+    let catalog = boards::Catalog::builtin()?;
+    let b = catalog.get(board)?;
+    let slot = SlotLayout {
+        start: b.slot_a_address(),
+        size: b.partitions.slot_a.size,
+        header_size: b.image.header_size,
+    };
+    let spec = ImageSpec {
+        board: board.to_owned(),
+        version: "1.0.0".parse()?,
+        security_counter: 0,
+        compression: Some(HeatshrinkParams::DEFAULT),
+        components: vec![ComponentSource {
+            role: Role::Os,
+            name: "os".into(),
+            load_address: slot.start + slot.header_size,
+            bytes: code,
+        }],
+        slot: Some(slot),
+    };
+    Ok(encode_image(&spec, std::slice::from_ref(key))?)
+}
+
+/// The fixtures' real compiler output (the OS and app ELF files, the app binary) repeated to
+/// `size` bytes: an image of realistic size whose contents compress like firmware does.
+fn big_code(size: usize) -> Result<Vec<u8>> {
+    let mut unit = Vec::new();
+    for f in ["os.elf", "app.elf", "app.bin"] {
+        unit.extend(std::fs::read(fixtures().join(f))?);
+    }
+    Ok(unit.iter().copied().cycle().take(size).collect())
+}
+
+/// Everything the load generator reports (one JSON line).
+#[derive(Debug, Default, serde::Deserialize, serde::Serialize)]
+struct Figures {
+    requests: u64,
+    errors: u64,
+    secs: f64,
+    bytes: u64,
+    /// Latencies: (microseconds / [`BUCKET_US`], count), ascending.
+    histogram: Vec<(u64, u64)>,
+    load_cpu_s: f64,
+    server_cpu_s: f64,
+    /// Busy share of all the machine's cores over the measurement (from `/proc/stat`).
+    machine_busy: f64,
+    sample: String,
+    first_error: String,
+}
+
+/// Latency histogram resolution, microseconds.
+const BUCKET_US: u64 = 10;
+
+impl Figures {
+    /// Several measurements of the same thing as one.
+    fn merge(parts: Vec<Figures>) -> Figures {
+        let mut histogram = BTreeMap::new();
+        let mut all = Figures::default();
+        let mut busy = 0.0;
+        for f in parts {
+            for (b, n) in &f.histogram {
+                *histogram.entry(*b).or_insert(0) += n;
+            }
+            all.requests += f.requests;
+            all.errors += f.errors;
+            all.secs += f.secs;
+            all.bytes += f.bytes;
+            all.load_cpu_s += f.load_cpu_s;
+            all.server_cpu_s += f.server_cpu_s;
+            busy += f.machine_busy * f.secs;
+            if all.sample.is_empty() {
+                all.sample = f.sample;
+            }
+            if all.first_error.is_empty() {
+                all.first_error = f.first_error;
+            }
+        }
+        all.machine_busy = busy / all.secs.max(1e-9);
+        all.histogram = histogram.into_iter().collect();
+        all
+    }
+
+    /// The `p` quantile of the latencies (upper edge of its bucket), microseconds.
+    fn quantile_us(&self, p: f64) -> u64 {
+        let total: u64 = self.histogram.iter().map(|(_, n)| n).sum();
+        let rank = ((total as f64 * p).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (b, n) in &self.histogram {
+            seen += n;
+            if seen >= rank {
+                return (b + 1) * BUCKET_US;
+            }
+        }
+        0
+    }
+
+    fn rate(&self) -> f64 {
+        self.requests as f64 / self.secs
+    }
+
+    fn mbps(&self) -> f64 {
+        self.bytes as f64 / self.secs / 1e6
+    }
+
+    /// The columns of [`COMMON_HEAD`].
+    fn common(&self) -> String {
+        format!(
+            "{} | {} | {} | {} | {:.1} µs | {:.0} % | {:.0} % | {} |",
+            ms(self.quantile_us(0.5)),
+            ms(self.quantile_us(0.9)),
+            ms(self.quantile_us(0.99)),
+            ms(self.quantile_us(0.999)),
+            self.cpu_us(),
+            self.load_cpu_s / self.secs * 100.0,
+            self.machine_busy * 100.0,
+            self.errors
+        )
+    }
+
+    /// Server CPU time per request, microseconds.
+    fn cpu_us(&self) -> f64 {
+        self.server_cpu_s * 1e6 / self.requests.max(1) as f64
+    }
+}
+
+/// Columns every results table has, after the throughput.
+const COMMON_HEAD: &str = "p50 | p90 | p99 | p99.9 | server CPU per request | load generator CPU \
+                           (of one core) | machine busy (all cores) | errors |";
+const COMMON_RULE: &str = "---|---|---|---|---|---|---|---|";
+
+struct LoadRun<'a> {
+    addr: SocketAddr,
+    method: &'a str,
+    path: &'a str,
+    tokens: &'a Path,
+    body: &'a str,
+    conns: u64,
+    warmup: f64,
+    secs: f64,
+    /// Stop after this many requests instead of after `secs`.
+    count: Option<u64>,
+    /// The server's process (CPU time is measured over it and its children).
+    watch: u32,
+}
+
+fn run_load(run: &LoadRun) -> Result<Figures> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--load")
+        .args(["--addr", &run.addr.to_string()])
+        .args(["--method", run.method, "--path", run.path])
+        .arg("--tokens")
+        .arg(run.tokens)
+        .args(["--body", run.body])
+        .args(["--conns", &run.conns.to_string()])
+        .args(["--threads", &setting("R2_LOAD_THREADS", 1).to_string()])
+        .args(["--warmup", &run.warmup.to_string(), "--secs", &run.secs.to_string()])
+        .args(["--watch", &run.watch.to_string()]);
+    if let Some(n) = run.count {
+        cmd.args(["--count", &n.to_string()]);
+    }
+    let out = cmd.stderr(Stdio::inherit()).output()?;
+    if !out.status.success() {
+        return Err(format!("load generator failed ({})", out.status).into());
+    }
+    let figures: Figures = serde_json::from_slice(&out.stdout)?;
+    if figures.errors > 0 {
+        eprintln!(
+            "  warning: {} requests failed (connection errors or answers other than 200) \
+             besides {} answered; first: {}",
+            figures.errors, figures.requests, figures.first_error
+        );
+    }
+    Ok(figures)
+}
+
+/// The ratio of each round, "0.91 0.87 ...".
+fn per_round(ours: &[Figures], theirs: &[Figures], measure: fn(&Figures) -> f64) -> String {
+    let ratios: Vec<String> =
+        ours.iter().zip(theirs).map(|(a, b)| format!("{:.2}", measure(a) / measure(b))).collect();
+    ratios.join(" ")
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.2} ms", us as f64 / 1000.0)
+}
+
+fn thousands(n: f64) -> String {
+    let n = n.round() as u64;
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+fn orchestrate() -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let release = exe.parent().and_then(Path::parent).ok_or("odd executable path")?;
+    let server_bin = release.join("ota-server");
+    if !server_bin.exists() {
+        return Err(format!(
+            "{} is missing: run `cargo build --release -p ota-server` first",
+            server_bin.display()
+        )
+        .into());
+    }
+    let devices = setting("R2_DEVICES", 100_000);
+    let rounds = setting("R2_ROUNDS", 5).max(1);
+    let secs = setting("R2_SECS", 3) as f64;
+    let dl_secs = setting("R2_DL_SECS", 2) as f64;
+    let conns = setting("R2_CONNS", 128);
+    let dl_conns = setting("R2_DL_CONNS", 64);
+    let enroll_threads = setting("R2_ENROLL_THREADS", 4);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "r2-bench: {cores} cores ({}); server, baselines and load generator share them, \
+         nothing pinned; load average {} at the start",
+        cpu_model(),
+        loadavg()
+    );
+
+    let dir = tempfile::tempdir()?;
+    let build_key = SigningKey::from_bytes(&[11; 32]);
+    let prod_key = SigningKey::from_bytes(&[22; 32]);
+    write_public_pem(&dir.path().join("build.pub.pem"), &build_key)?;
+    write_public_pem(&dir.path().join("prod.pub.pem"), &prod_key)?;
+    let data = dir.path().join("data");
+    let out = Command::new(&server_bin)
+        .arg("init")
+        .arg("--data")
+        .arg(&data)
+        .arg("--build-key")
+        .arg(dir.path().join("build.pub.pem"))
+        .arg("--prod-key")
+        .arg(dir.path().join("prod.pub.pem"))
+        .output()?;
+    if !out.status.success() {
+        return Err(format!("init: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    let admin = String::from_utf8(out.stdout)?
+        .lines()
+        .find_map(|l| l.strip_prefix("admin token: ").map(str::to_owned))
+        .ok_or("init did not print the admin token")?;
+    let mut cmd = Command::new(&server_bin);
+    cmd.arg("serve")
+        .arg("--data")
+        .arg(&data)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("OTA_LOG", "warn");
+    let (mut server, addr) = start_listening(cmd, "ota-server")?;
+    let api = Api::new(addr);
+
+    // What the check-in devices run (a micro:bit image of the fixture's code), and the image
+    // to download (nRF52840 DK: a micro:bit slot holds at most 91 KiB).
+    let running = image("microbit", std::fs::read(fixtures().join("app.bin"))?, &build_key)?;
+    let download = image("nrf52840dk", big_code(440 << 10)?, &build_key)?;
+    for img in [&running, &download] {
+        let (status, reply) = api.call(
+            "POST",
+            "/api/v1/images",
+            &admin,
+            Some(("application/octet-stream", img.bytes.clone())),
+        )?;
+        if status != 201 {
+            return Err(format!("upload: {status} {reply}").into());
+        }
+    }
+    let download_id = download.id.to_string();
+    api.post_json(
+        "/api/v1/environments/dev/releases",
+        &admin,
+        json!({"image_id": download_id}),
+        201,
+    )?;
+
+    // Enrollment, through the API.
+    let t = Instant::now();
+    let enroll =
+        |ids: Vec<String>, env: &'static str, board: &'static str| -> Result<Vec<String>> {
+            let chunk = ids.len().div_ceil(enroll_threads as usize).max(1);
+            std::thread::scope(|s| {
+                let handles: Vec<_> = ids
+                    .chunks(chunk)
+                    .map(|part| {
+                        let api = Api::new(addr);
+                        let admin = &admin;
+                        s.spawn(move || -> Result<Vec<String>> {
+                            part.iter()
+                                .map(|id| {
+                                    let r = api.post_json(
+                                        "/api/v1/devices",
+                                        admin,
+                                        json!({"id": id, "board": board, "environment": env}),
+                                        201,
+                                    )?;
+                                    Ok(r["token"].as_str().ok_or("no token")?.to_owned())
+                                })
+                                .collect()
+                        })
+                    })
+                    .collect();
+                let mut tokens = Vec::new();
+                for h in handles {
+                    tokens.extend(h.join().map_err(|_| "enrollment thread panicked")??);
+                }
+                Ok(tokens)
+            })
+        };
+    let tokens = enroll((0..devices).map(|i| format!("r2-{i:06}")).collect(), "prod", "microbit")?;
+    let enroll_secs = t.elapsed().as_secs_f64();
+    let dl_tokens =
+        enroll((0..dl_conns).map(|i| format!("dl-{i:03}")).collect(), "dev", "nrf52840dk")?;
+    println!(
+        "enrolled {} devices through the API in {enroll_secs:.1} s ({:.0}/s, {enroll_threads} \
+         client threads; the server enrolls one at a time, each its own durable commit)",
+        thousands(devices as f64),
+        devices as f64 / enroll_secs,
+    );
+    let tokens_file = dir.path().join("tokens.txt");
+    std::fs::write(&tokens_file, tokens.join("\n"))?;
+    let dl_tokens_file = dir.path().join("dl-tokens.txt");
+    std::fs::write(&dl_tokens_file, dl_tokens.join("\n"))?;
+
+    // ----- check-ins -----
+    let body = serde_json::to_string(&json!({"image_id": running.id.to_string(), "trial": false}))?;
+    let checkin = |addr, watch, warmup, secs, count| {
+        run_load(&LoadRun {
+            addr,
+            method: "POST",
+            path: "/api/v1/device/checkin",
+            tokens: &tokens_file,
+            body: &body,
+            conns,
+            warmup,
+            secs,
+            count,
+            watch,
+        })
+    };
+    // Each device's first check-in changes what the server knows of it (the image it runs,
+    // confirmed): a durable write, through the group commit.
+    let first = checkin(addr, server.pid(), 0.0, 0.0, Some(devices))?;
+    server.alive("ota-server")?;
+    // Then steady state: nothing changes; last-seen times are written every 5 s. Rounds
+    // alternate between the server and its baseline so that drift on a shared machine hits both.
+    let mut cmd = Command::new(&exe);
+    cmd.arg("--bare");
+    let (mut bare_proc, bare_addr) = start_listening(cmd, "bare hyper")?;
+    let (mut ota, mut bare) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        ota.push(checkin(addr, server.pid(), 1.0, secs, None)?);
+        server.alive("ota-server")?;
+        bare.push(checkin(bare_addr, bare_proc.pid(), 1.0, secs, None)?);
+        bare_proc.alive("bare hyper")?;
+    }
+    let checkin_rounds = per_round(&ota, &bare, Figures::rate);
+    let (ota, bare) = (Figures::merge(ota), Figures::merge(bare));
+    drop(bare_proc);
+
+    // ----- downloads -----
+    let (_, offer) = api.call(
+        "POST",
+        "/api/v1/device/checkin",
+        &dl_tokens[0],
+        Some(("application/json", b"{}".to_vec())),
+    )?;
+    let url = offer["offer"]["url"]
+        .as_str()
+        .map_or_else(|| format!("/api/v1/device/images/{download_id}"), str::to_owned);
+    let dl = |addr, path: &str, watch| {
+        run_load(&LoadRun {
+            addr,
+            method: "GET",
+            path,
+            tokens: &dl_tokens_file,
+            body: "",
+            conns: dl_conns,
+            warmup: 0.5,
+            secs: dl_secs,
+            count: None,
+            watch,
+        })
+    };
+    let mut nginx = match nginx::find() {
+        None => {
+            println!(
+                "nginx: NOT INSTALLED (not on PATH, no /usr/sbin/nginx, or R2_NGINX=none): the \
+                 download baseline is skipped"
+            );
+            None
+        }
+        Some(bin) => {
+            let www = dir.path().join("www");
+            std::fs::create_dir_all(&www)?;
+            std::fs::write(www.join("image.fwi"), &download.bytes)?;
+            Some(nginx::start(&bin, dir.path())?)
+        }
+    };
+    let (mut ota_dl, mut nginx_dl) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        ota_dl.push(dl(addr, &url, server.pid())?);
+        server.alive("ota-server")?;
+        if let Some(n) = &mut nginx {
+            nginx_dl.push(dl(n.addr, "/image.fwi", n.proc.pid())?);
+            n.proc.alive("nginx")?;
+        }
+    }
+    let dl_rounds = per_round(&ota_dl, &nginx_dl, Figures::mbps);
+    let ota_dl = Figures::merge(ota_dl);
+    let nginx_dl = nginx.as_ref().map(|n| (n.version.clone(), Figures::merge(nginx_dl)));
+    drop(nginx);
+    drop(server);
+
+    // ----- results -----
+    let mut report = String::new();
+    writeln!(report)?;
+    writeln!(
+        report,
+        "first check-in of each of the {} devices (each a durable write): {:.1} s, {}/s, \
+         p50 {}, p99 {}",
+        thousands(devices as f64),
+        first.secs,
+        thousands(first.rate()),
+        ms(first.quantile_us(0.5)),
+        ms(first.quantile_us(0.99))
+    )?;
+    writeln!(report)?;
+    writeln!(
+        report,
+        "check-ins, steady state: {} devices in turn, {conns} keep-alive connections, {rounds} \
+         rounds of {secs} s (after 1 s warm-up) for each server, alternating; reply {}",
+        thousands(devices as f64),
+        ota.sample
+    )?;
+    writeln!(report)?;
+    writeln!(report, "| server | check-ins/s | {COMMON_HEAD}")?;
+    writeln!(report, "|---|---|{COMMON_RULE}")?;
+    for (name, f) in [("ota-server", &ota), ("bare hyper", &bare)] {
+        writeln!(report, "| {name} | {} | {}", thousands(f.rate()), f.common())?;
+    }
+    writeln!(report)?;
+    writeln!(
+        report,
+        "ota-server / bare hyper: {:.2} (throughput; rounds {checkin_rounds}), {:.2} (server CPU \
+         per check-in, bare / ota)",
+        ota.rate() / bare.rate(),
+        bare.cpu_us() / ota.cpu_us()
+    )?;
+    writeln!(
+        report,
+        "target >= 20,000/s with p99 < 25 ms: {}",
+        if ota.rate() >= 20_000.0 && ota.quantile_us(0.99) < 25_000 { "met" } else { "MISSED" }
+    )?;
+    writeln!(report)?;
+    writeln!(
+        report,
+        "downloads: {} B image ({}), {dl_conns} keep-alive connections, \
+         {rounds} rounds of {dl_secs} s (after 0.5 s warm-up) for each server, alternating",
+        thousands(download.bytes.len() as f64),
+        download.id.to_string().get(..12).unwrap_or_default()
+    )?;
+    writeln!(report)?;
+    writeln!(report, "| server | MB/s | files/s | {COMMON_HEAD}")?;
+    writeln!(report, "|---|---|---|{COMMON_RULE}")?;
+    let mut rows = vec![("ota-server".to_owned(), &ota_dl)];
+    if let Some((version, f)) = &nginx_dl {
+        rows.push((version.clone(), f));
+    }
+    for (name, f) in rows {
+        writeln!(
+            report,
+            "| {name} | {} | {} | {}",
+            thousands(f.mbps()),
+            thousands(f.rate()),
+            f.common()
+        )?;
+    }
+    writeln!(report)?;
+    match &nginx_dl {
+        Some((_, n)) => writeln!(
+            report,
+            "ota-server / nginx: {:.2} (MB/s; rounds {dl_rounds}), {:.2} (server CPU per file, \
+             nginx / ota); target >= 0.8: {}",
+            ota_dl.mbps() / n.mbps(),
+            n.cpu_us() / ota_dl.cpu_us(),
+            if ota_dl.mbps() / n.mbps() >= 0.8 { "met" } else { "MISSED" }
+        )?,
+        None => writeln!(report, "ota-server / nginx: not measured (nginx absent)")?,
+    }
+    writeln!(report)?;
+    writeln!(report, "load average {} at the end", loadavg())?;
+    print!("{report}");
+    Ok(())
+}
+
+// ----- nginx -----
+
+mod nginx {
+    use super::*;
+
+    pub struct Nginx {
+        pub proc: Proc,
+        pub addr: SocketAddr,
+        pub version: String,
+        bin: PathBuf,
+        conf: PathBuf,
+        prefix: PathBuf,
+    }
+
+    impl Drop for Nginx {
+        fn drop(&mut self) {
+            // Stop the master and its workers (a SIGKILL to the master would leave them).
+            let _ = Command::new(&self.bin)
+                .arg("-c")
+                .arg(&self.conf)
+                .arg("-p")
+                .arg(&self.prefix)
+                .arg("-e")
+                .arg(self.prefix.join("error.log"))
+                .args(["-s", "stop"])
+                .stderr(Stdio::null())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.proc.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// `R2_NGINX` (a path, or `none`), else `nginx` on `PATH` or in `/usr/sbin`.
+    pub fn find() -> Option<PathBuf> {
+        if let Some(given) = std::env::var_os("R2_NGINX") {
+            return (given != "none").then(|| PathBuf::from(given));
+        }
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .map(|d| d.join("nginx"))
+            .chain([PathBuf::from("/usr/sbin/nginx")])
+            .find(|p| p.is_file())
+    }
+
+    /// Starts nginx serving `dir/www` on a free loopback port.
+    pub fn start(bin: &Path, dir: &Path) -> Result<Nginx> {
+        let prefix = dir.join("nginx");
+        for sub in ["", "tmp"] {
+            std::fs::create_dir_all(prefix.join(sub))?;
+        }
+        // Workers may run as `nobody`: let them read the files.
+        use std::os::unix::fs::PermissionsExt;
+        for d in [dir.to_path_buf(), dir.join("www")] {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))?;
+        }
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let p = prefix.display();
+        let conf = prefix.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "daemon off;
+worker_processes 2;
+pid {p}/nginx.pid;
+error_log {p}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 10000000;
+    keepalive_timeout 60s;
+    default_type application/octet-stream;
+    client_body_temp_path {p}/tmp/body;
+    proxy_temp_path {p}/tmp/proxy;
+    fastcgi_temp_path {p}/tmp/fastcgi;
+    uwsgi_temp_path {p}/tmp/uwsgi;
+    scgi_temp_path {p}/tmp/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {www};
+        location / {{ }}
+    }}
+}}
+",
+                www = dir.join("www").display()
+            ),
+        )?;
+        let version = Command::new(bin)
+            .arg("-v")
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stderr).trim().replace("nginx version: ", ""))
+            .unwrap_or_else(|| "nginx".into());
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(&prefix)
+            .arg("-e")
+            .arg(prefix.join("error.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let mut nginx = Nginx {
+            proc: Proc { child },
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            version,
+            bin: bin.to_owned(),
+            conf,
+            prefix,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = nginx.proc.child.try_wait()? {
+                let log =
+                    std::fs::read_to_string(nginx.prefix.join("error.log")).unwrap_or_default();
+                return Err(format!("nginx exited ({status}): {log}").into());
+            }
+            if std::net::TcpStream::connect(nginx.addr).is_ok() {
+                return Ok(nginx);
+            }
+            if Instant::now() > deadline {
+                return Err("nginx did not start listening".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+// ----- the bare hyper baseline -----
+
+mod bare {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::{Bytes, Incoming};
+    use hyper::header::{CONTENT_TYPE, HeaderValue};
+    use hyper::server::conn::http1;
+    use hyper::service::service_fn;
+    use hyper::{Request, Response};
+    use hyper_util::rt::TokioIo;
+
+    use super::Result;
+
+    async fn checkin(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, hyper::Error> {
+        let _body = req.into_body().collect().await?.to_bytes();
+        let mut response = Response::new(Full::new(Bytes::from_static(b"{\"offer\":null}")));
+        response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        Ok(response)
+    }
+
+    /// Serves on a loopback port until killed.
+    pub fn main() -> Result<()> {
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            println!("listening on http://{}", listener.local_addr()?);
+            std::io::Write::flush(&mut std::io::stdout())?;
+            loop {
+                let (stream, _) = listener.accept().await?;
+                tokio::spawn(async move {
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service_fn(checkin))
+                        .await;
+                });
+            }
+        })
+    }
+}
+
+// ----- the load generator -----
+
+mod load {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    const WARMUP: u8 = 0;
+    const MEASURE: u8 = 1;
+    const DONE: u8 = 2;
+
+    struct Shared {
+        phase: AtomicU8,
+        next: AtomicU64,
+        count: Option<u64>,
+        tokens: Vec<String>,
+        addr: SocketAddr,
+        head: String,
+        body: Vec<u8>,
+    }
+
+    #[derive(Default)]
+    struct ConnStats {
+        latencies_us: Vec<u32>,
+        errors: u64,
+        bytes: u64,
+        sample: Option<String>,
+        first_error: Option<String>,
+    }
+
+    /// Total CPU time of `pid` and its child processes (nginx workers), seconds.
+    fn cpu_secs(pid: u32) -> f64 {
+        fn ticks(pid: &str) -> u64 {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return 0;
+            };
+            // After the command name in parentheses: fields 3.., utime and stime are 14, 15.
+            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            fields.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+                + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        }
+        let mut total = ticks(&pid.to_string());
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+            for task in tasks.flatten() {
+                let children =
+                    std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+                total += children.split_whitespace().map(ticks).sum::<u64>();
+            }
+        }
+        // USER_HZ is 100 on Linux.
+        total as f64 / 100.0
+    }
+
+    /// Busy and total jiffies of all cores (`/proc/stat`).
+    fn machine_jiffies() -> (u64, u64) {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else { return (0, 0) };
+        let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+        // user nice system idle iowait irq softirq steal (guest time is inside user).
+        let total: u64 = v.iter().take(8).sum();
+        let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+        (total - idle, total)
+    }
+
+    fn header_end(buf: &[u8]) -> Option<usize> {
+        buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+    }
+
+    /// Status, `Content-Length` and whether the server closes the connection.
+    fn parse_head(head: &[u8]) -> Result<(u16, usize, bool)> {
+        let text = std::str::from_utf8(head)?;
+        let mut lines = text.split("\r\n");
+        let status_line = lines.next().unwrap_or_default();
+        let status = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+        let (mut length, mut close) = (None, false);
+        for line in lines {
+            let Some((name, value)) = line.split_once(':') else { continue };
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("content-length") {
+                length = Some(value.parse()?);
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                return Err(format!("transfer-encoding {value} not supported").into());
+            } else if name.eq_ignore_ascii_case("connection") {
+                close = value.eq_ignore_ascii_case("close");
+            }
+        }
+        Ok((status, length.ok_or("no content-length")?, close))
+    }
+
+    /// One request and its response. Returns status, body bytes and a prefix of the body.
+    async fn exchange(
+        stream: &mut TcpStream,
+        request: &[u8],
+        buf: &mut [u8],
+    ) -> Result<(u16, usize, bool, String)> {
+        stream.write_all(request).await?;
+        let mut filled = 0;
+        let end = loop {
+            let n = stream.read(&mut buf[filled..]).await?;
+            if n == 0 {
+                return Err("connection closed".into());
+            }
+            filled += n;
+            if let Some(end) = header_end(&buf[..filled]) {
+                break end;
+            }
+            if filled == buf.len() {
+                return Err("response head too large".into());
+            }
+        };
+        let (status, length, close) = parse_head(&buf[..end])?;
+        let prefix = String::from_utf8_lossy(&buf[end..filled.min(end + 120).min(end + length)])
+            .into_owned();
+        let mut have = filled - end;
+        while have < length {
+            let n = stream.read(buf).await?;
+            if n == 0 {
+                return Err("connection closed in the body".into());
+            }
+            have += n;
+        }
+        if have > length {
+            return Err("more bytes than the response".into());
+        }
+        Ok((status, length, close, prefix))
+    }
+
+    async fn connection(shared: Arc<Shared>) -> ConnStats {
+        let mut stats = ConnStats::default();
+        let mut request = Vec::with_capacity(512);
+        let mut buf = vec![0u8; 256 << 10];
+        let mut stream: Option<TcpStream> = None;
+        loop {
+            if shared.phase.load(Ordering::Relaxed) == DONE {
+                break;
+            }
+            let i = shared.next.fetch_add(1, Ordering::Relaxed);
+            if shared.count.is_some_and(|c| i >= c) {
+                break;
+            }
+            let token = &shared.tokens[(i % shared.tokens.len() as u64) as usize];
+            request.clear();
+            request.extend_from_slice(shared.head.as_bytes());
+            request.extend_from_slice(b"Authorization: Bearer ");
+            request.extend_from_slice(token.as_bytes());
+            request.extend_from_slice(b"\r\n\r\n");
+            request.extend_from_slice(&shared.body);
+            let start = Instant::now();
+            let result = async {
+                if stream.is_none() {
+                    let s = TcpStream::connect(shared.addr).await?;
+                    s.set_nodelay(true)?;
+                    stream = Some(s);
+                }
+                exchange(stream.as_mut().unwrap(), &request, &mut buf).await
+            }
+            .await;
+            let elapsed = start.elapsed();
+            let measuring = shared.phase.load(Ordering::Relaxed) == MEASURE;
+            let failure = match result {
+                Ok((status, length, close, prefix)) => {
+                    if close {
+                        stream = None;
+                    }
+                    if stats.sample.is_none() {
+                        stats.sample = Some(prefix.clone());
+                    }
+                    if measuring {
+                        stats.latencies_us.push(elapsed.as_micros().min(u32::MAX as u128) as u32);
+                        stats.bytes += length as u64;
+                    }
+                    (status != 200).then(|| format!("status {status}: {prefix}"))
+                }
+                Err(e) => {
+                    stream = None;
+                    // Do not spin if the server is gone.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    Some(e.to_string())
+                }
+            };
+            if let Some(f) = failure {
+                if measuring {
+                    stats.errors += 1;
+                }
+                stats.first_error.get_or_insert(f);
+            }
+        }
+        stats
+    }
+
+    pub fn main(args: &[String]) -> Result<()> {
+        let mut opts = BTreeMap::new();
+        for pair in args.chunks(2) {
+            let [k, v] = pair else { return Err("--load takes --key value pairs".into()) };
+            opts.insert(k.trim_start_matches("--").to_owned(), v.clone());
+        }
+        let get = |k: &str| opts.get(k).cloned().ok_or_else(|| format!("--load needs --{k}"));
+        let addr: SocketAddr = get("addr")?.parse()?;
+        let tokens: Vec<String> = std::fs::read_to_string(get("tokens")?)?
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if tokens.is_empty() {
+            return Err("no tokens".into());
+        }
+        let body = get("body")?.into_bytes();
+        let mut head = format!("{} {} HTTP/1.1\r\nHost: {addr}\r\n", get("method")?, get("path")?);
+        if !body.is_empty() {
+            write!(head, "Content-Type: application/json\r\nContent-Length: {}\r\n", body.len())?;
+        }
+        let conns: u64 = get("conns")?.parse()?;
+        let threads: usize = get("threads")?.parse()?;
+        let warmup: f64 = get("warmup")?.parse()?;
+        let secs: f64 = get("secs")?.parse()?;
+        let count: Option<u64> = opts.get("count").map(|c| c.parse()).transpose()?;
+        let watch: u32 = get("watch")?.parse()?;
+
+        let runtime = if threads <= 1 {
+            tokio::runtime::Builder::new_current_thread().enable_all().build()?
+        } else {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .enable_all()
+                .build()?
+        };
+        let shared = Arc::new(Shared {
+            phase: AtomicU8::new(if count.is_some() { MEASURE } else { WARMUP }),
+            next: AtomicU64::new(0),
+            count,
+            tokens,
+            addr,
+            head,
+            body,
+        });
+        let (stats, secs, load_cpu, server_cpu, machine_busy) = runtime.block_on(async {
+            let mut tasks: Vec<_> =
+                (0..conns).map(|_| tokio::spawn(connection(shared.clone()))).collect();
+            if count.is_none() {
+                tokio::time::sleep(Duration::from_secs_f64(warmup)).await;
+            }
+            let (t0, load0, server0, machine0) =
+                (Instant::now(), cpu_secs(std::process::id()), cpu_secs(watch), machine_jiffies());
+            let mut all = Vec::new();
+            if count.is_some() {
+                // Until every request is answered.
+                for t in tasks.drain(..) {
+                    all.push(t.await?);
+                }
+            } else {
+                shared.phase.store(MEASURE, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+                shared.phase.store(DONE, Ordering::Relaxed);
+            }
+            let elapsed = t0.elapsed().as_secs_f64();
+            let (load1, server1, machine1) =
+                (cpu_secs(std::process::id()), cpu_secs(watch), machine_jiffies());
+            for t in tasks {
+                all.push(t.await?);
+            }
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((
+                all,
+                elapsed,
+                load1 - load0,
+                server1 - server0,
+                (machine1.0 - machine0.0) as f64 / (machine1.1 - machine0.1).max(1) as f64,
+            ))
+        })?;
+        let mut histogram = BTreeMap::new();
+        for us in stats.iter().flat_map(|s| &s.latencies_us) {
+            *histogram.entry(u64::from(*us) / BUCKET_US).or_insert(0u64) += 1;
+        }
+        let figures = Figures {
+            requests: histogram.values().sum(),
+            errors: stats.iter().map(|s| s.errors).sum(),
+            secs,
+            bytes: stats.iter().map(|s| s.bytes).sum(),
+            histogram: histogram.into_iter().collect(),
+            load_cpu_s: load_cpu,
+            server_cpu_s: server_cpu,
+            machine_busy,
+            sample: stats.iter().find_map(|s| s.sample.clone()).unwrap_or_default(),
+            first_error: stats.iter().find_map(|s| s.first_error.clone()).unwrap_or_default(),
+        };
+        println!("{}", serde_json::to_string(&figures)?);
+        Ok(())
+    }
+}
