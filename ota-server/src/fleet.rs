@@ -54,6 +54,9 @@ pub struct Release {
     pub kind: ReleaseKind,
     /// The statement, hex (built once: every offer carries it).
     pub statement_hex: Arc<str>,
+    /// Each stage's bucket bound for the current fleet (see [`rollout::cutoffs`]), refreshed
+    /// whenever the release is evaluated.
+    pub cutoffs: Vec<u16>,
 }
 
 /// An enrolled device.
@@ -218,6 +221,7 @@ impl Fleet {
                     state,
                     kind,
                     statement_hex: hex::encode(&row.statement).into(),
+                    cutoffs: Vec::new(),
                 });
                 list.sort_by_key(|r| r.row.sequence);
             }
@@ -287,7 +291,13 @@ impl Fleet {
 
     /// Notes that device `d` confirmed (`kind == "confirmed"`) or failed (`reverted`,
     /// `failed`) `image`.
+    /// Only images released to the device's environment count: the promotion gate must not
+    /// open on what a device merely claims to run.
     pub fn record_outcome(&mut self, d: usize, image: ImageId, kind: &str) {
+        let env = &self.devices[d].row.environment;
+        if !self.releases_of(env).iter().any(|r| r.image == image) {
+            return;
+        }
         let o = self.outcomes.entry(image).or_default();
         match kind {
             "confirmed" => {
@@ -342,12 +352,10 @@ impl Fleet {
 
     /// Rollout counts for the current stage of `release`.
     pub fn progress(&self, release: &Release) -> crate::api::RolloutProgress {
-        let env = self.environment(&release.row.environment);
-        let stages = env.map_or(&[100u8][..], |e| &e.row.stages);
         rollout::count(
             self.devices_on(&release.row.environment, &release.row.board),
             release.image,
-            rollout::cutoff(stages, release.row.stage as usize),
+            release.cutoffs.get(release.row.stage as usize).copied().unwrap_or(0),
         )
     }
 
@@ -356,17 +364,23 @@ impl Fleet {
     pub fn in_rollout(&self, d: usize) -> bool {
         let device = &self.devices[d];
         let (env, board) = (&device.row.environment, &device.row.board);
-        let (Some(environment), Some(release)) = (self.environment(env), self.current(env, board))
-        else {
-            return false;
+        let Some(release) = self.current(env, board) else { return false };
+        let position = rollout::Position {
+            state: release.state,
+            stage: release.row.stage as usize,
+            reason: None,
         };
-        matches!(release.state, RolloutState::Rolling | RolloutState::Completed)
-            && device.bucket < rollout::cutoff(&environment.row.stages, release.row.stage as usize)
+        rollout::offered(&position, &release.cutoffs, device.bucket)
     }
 
     /// Re-evaluates the current release of (`env`, `board`); applies and returns the move, if
     /// any.
     pub fn evaluate(&mut self, env: &str, board: &str) -> Option<Mutation> {
+        let stages = self.environment(env)?.row.stages.clone();
+        let bounds = rollout::cutoffs(self.devices_on(env, board).map(|d| d.bucket), &stages);
+        let current =
+            self.releases.get_mut(env)?.iter_mut().rev().find(|r| r.row.board == board)?;
+        current.cutoffs = bounds;
         let environment = self.environment(env)?;
         let release = self.current(env, board)?;
         let settings = rollout::Settings {

@@ -64,6 +64,12 @@ pub fn gate(fleet: &Fleet, env: &Environment, image: &Image) -> Result<(), Refus
         })
     });
     let min = env.row.promote_min_confirmed as usize;
+    if min > 0 && !fleet.releases_of(upstream_name).iter().any(|r| r.image == image.id) {
+        return Err(Refusal::Gate(format!(
+            "image {id} was never released to {upstream_name}; {name} takes only images \
+             confirmed there"
+        )));
+    }
     if confirmed < min {
         return Err(Refusal::Gate(format!(
             "image {id} was confirmed on {confirmed} device(s) of {upstream_name}; {name} \

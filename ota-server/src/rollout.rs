@@ -1,12 +1,14 @@
 //! The rollout engine: which devices a release is offered to, and when it advances, completes
 //! or halts. Plain functions over device states, so every rule is testable without a server.
 //!
-//! - A device's bucket is a stable hash of its id, 0..10000; stage `k` of stages `[5, 25, 100]`
-//!   holds the devices with a bucket below `stages[k] * 100` (so stages are cumulative and a
-//!   device never leaves a stage it was in).
+//! - A device's bucket is a stable hash of its id, 0..10000. Stage `k` of stages `[5, 25, 100]`
+//!   holds the `ceil(stages[k] % of N)` devices (at least one) with the lowest buckets, of the
+//!   N devices of the environment on the release's board: stages are cumulative, never empty
+//!   while there are devices, and a device keeps its place as long as the fleet does not grow.
 //! - A stage is done when at least `advance_ratio` of its devices that have not failed run the
-//!   image confirmed; then the next stage starts, or after the last one the rollout completes
-//!   (and is still offered to devices that have not taken it).
+//!   image confirmed (and it has a device); then the next stage starts, or after the last one
+//!   the rollout completes (and is still offered to devices that have not taken it). With no
+//!   devices a rollout stays at its first stage: it completes only when devices confirmed it.
 //! - When failed devices pass `failure_threshold` of the stage's devices, the rollout halts by
 //!   itself: no more offers until someone resumes it.
 
@@ -27,10 +29,32 @@ pub fn bucket(device_id: &str) -> u16 {
     (u64::from_be_bytes(first) % u64::from(BUCKETS)) as u16
 }
 
-/// The bucket bound of stage `stage`: devices below it are in.
-pub fn cutoff(stages: &[u8], stage: usize) -> u16 {
-    let percent = stages.get(stage).or(stages.last()).copied().unwrap_or(100).min(100);
-    u16::from(percent) * (BUCKETS / 100)
+/// Every stage's bucket bound (devices below it are in) for a fleet with these buckets: one
+/// pass over the devices and one over a histogram. Ties at a bound are all in.
+pub fn cutoffs(buckets: impl Iterator<Item = u16>, stages: &[u8]) -> Vec<u16> {
+    let mut histogram = vec![0u32; usize::from(BUCKETS)];
+    let mut n = 0u64;
+    for b in buckets {
+        histogram[usize::from(b.min(BUCKETS - 1))] += 1;
+        n += 1;
+    }
+    stages
+        .iter()
+        .map(|&percent| {
+            if n == 0 {
+                return 0;
+            }
+            let size = (u64::from(percent.min(100)) * n).div_ceil(100).max(1);
+            let mut seen = 0u64;
+            for (b, &count) in histogram.iter().enumerate() {
+                seen += u64::from(count);
+                if seen >= size {
+                    return b as u16 + 1;
+                }
+            }
+            BUCKETS
+        })
+        .collect()
 }
 
 /// Checks stage percentages: 1 to 8 stages, increasing, each 1..=100, the last 100.
@@ -95,10 +119,11 @@ pub fn count<'a>(
     p
 }
 
-/// Whether a device in bucket `bucket` is offered a release at `position`.
-pub fn offered(settings: &Settings<'_>, position: &Position, bucket: u16) -> bool {
+/// Whether a device in bucket `bucket` is offered a release at `position`, given the stages'
+/// bucket bounds.
+pub fn offered(position: &Position, cutoffs: &[u16], bucket: u16) -> bool {
     matches!(position.state, RolloutState::Rolling | RolloutState::Completed)
-        && bucket < cutoff(settings.stages, position.stage)
+        && bucket < cutoffs.get(position.stage).copied().unwrap_or(0)
 }
 
 /// The next position of a rollout given its devices, or `None` if it stays.
@@ -111,9 +136,11 @@ pub fn evaluate<'a>(
     if !matches!(now.state, RolloutState::Rolling | RolloutState::Completed) {
         return None;
     }
+    let bounds = cutoffs(devices.clone().map(|d| d.bucket), settings.stages);
     let mut next = now.clone();
     loop {
-        let p = count(devices.clone(), image, cutoff(settings.stages, next.stage));
+        let cutoff = bounds.get(next.stage).copied().unwrap_or(0);
+        let p = count(devices.clone(), image, cutoff);
         if p.in_stage > 0 && p.failure_ratio > settings.failure_threshold {
             next.state = RolloutState::Halted;
             next.reason = Some(format!(
@@ -128,7 +155,7 @@ pub fn evaluate<'a>(
             ));
             break;
         }
-        if next.state == RolloutState::Completed {
+        if next.state == RolloutState::Completed || p.in_stage == 0 {
             break;
         }
         let candidates = p.in_stage - p.failed;
@@ -191,7 +218,8 @@ mod tests {
     #[test]
     fn stage_advances_only_when_its_devices_confirmed() {
         let mut devices: Vec<Device> = (0..1000).map(device).collect();
-        let first = cutoff(SETTINGS.stages, 0);
+        let first = cutoffs(devices.iter().map(|d| d.bucket), SETTINGS.stages)[0];
+        assert_eq!(devices.iter().filter(|d| d.bucket < first).count(), 50);
         assert_eq!(evaluate(&SETTINGS, &rolling(0), IMAGE, devices.iter()), None);
         // All but one device of stage 1 confirmed: stays.
         let stage1: Vec<usize> = (0..1000).filter(|&i| devices[i].bucket < first).collect();
@@ -225,8 +253,8 @@ mod tests {
         // A halted rollout stays halted and offers nothing.
         let stopped = Position { state: RolloutState::Halted, stage: 0, reason: None };
         assert_eq!(evaluate(&all, &stopped, IMAGE, devices.iter()), None);
-        assert!(!offered(&all, &stopped, 0));
-        assert!(offered(&all, &rolling(0), 9_999));
+        assert!(!offered(&stopped, &[10_000], 0));
+        assert!(offered(&rolling(0), &[10_000], 9_999));
     }
 
     #[test]
@@ -241,10 +269,25 @@ mod tests {
     }
 
     #[test]
-    fn empty_stages_pass_through() {
+    fn stages_are_never_empty_and_nothing_completes_without_devices() {
         let all = Settings { stages: &[1, 100], failure_threshold: 0.2, advance_ratio: 1.0 };
-        let next = evaluate(&all, &rolling(0), IMAGE, std::iter::empty()).unwrap();
-        assert_eq!(next.state, RolloutState::Completed);
+        assert_eq!(evaluate(&all, &rolling(0), IMAGE, std::iter::empty()), None);
+        // Ten devices: 1 % of them is still one device.
+        let mut devices: Vec<Device> = (0..10).map(device).collect();
+        let bounds = cutoffs(devices.iter().map(|d| d.bucket), all.stages);
+        assert_eq!(devices.iter().filter(|d| d.bucket < bounds[0]).count(), 1);
+        assert_eq!(devices.iter().filter(|d| d.bucket < bounds[1]).count(), 10);
+        assert_eq!(evaluate(&all, &rolling(0), IMAGE, devices.iter()), None);
+        let first = devices.iter().position(|d| d.bucket < bounds[0]).unwrap();
+        confirm(&mut devices[first]);
+        assert_eq!(evaluate(&all, &rolling(0), IMAGE, devices.iter()), Some(rolling(1)));
+    }
+
+    #[test]
+    fn cutoffs_follow_ranks() {
+        assert_eq!(cutoffs([7u16, 3, 3, 9000].into_iter(), &[25, 50, 100]), vec![4, 4, 9001]);
+        assert_eq!(cutoffs([5u16].into_iter(), &[5, 100]), vec![6, 6]);
+        assert_eq!(cutoffs(std::iter::empty(), &[5, 100]), vec![0, 0]);
     }
 
     #[test]

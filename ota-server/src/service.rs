@@ -1302,12 +1302,11 @@ fn pick_board(fleet: &Fleet, env: &str, board: Option<&str>) -> Outcome<String> 
 /// The offer for device `d`, if any.
 fn offer_for(fleet: &Fleet, d: usize) -> Option<api::Offer> {
     let device = &fleet.devices[d];
-    let env = fleet.environment(&device.row.environment)?;
     let release = fleet.current(&device.row.environment, &device.row.board)?;
     if device.running == Some(release.image) || device.failed == Some(release.image) {
         return None;
     }
-    if !rollout::offered(&settings(env), &position(release), device.bucket) {
+    if !rollout::offered(&position(release), &release.cutoffs, device.bucket) {
         return None;
     }
     let image = fleet.images.get(&release.image)?;
@@ -1319,14 +1318,6 @@ fn offer_for(fleet: &Fleet, d: usize) -> Option<api::Offer> {
         sequence: release.row.sequence,
         url: format!("/api/v1/device/images/{}", image.row.id),
     })
-}
-
-fn settings(env: &Environment) -> rollout::Settings<'_> {
-    rollout::Settings {
-        stages: &env.row.stages,
-        failure_threshold: env.row.failure_threshold,
-        advance_ratio: env.row.advance_ratio,
-    }
 }
 
 fn position(r: &Release) -> rollout::Position {
@@ -1346,10 +1337,11 @@ pub fn device_state(fleet: &Fleet, d: &Device) -> api::DeviceState {
     if d.failed == Some(release.image) {
         return Failed;
     }
-    let offered = fleet
-        .environment(&d.row.environment)
-        .is_some_and(|env| rollout::offered(&settings(env), &position(release), d.bucket));
-    if offered { Updating } else { Waiting }
+    if rollout::offered(&position(release), &release.cutoffs, d.bucket) {
+        Updating
+    } else {
+        Waiting
+    }
 }
 
 fn image_info(image: &Image) -> api::ImageInfo {

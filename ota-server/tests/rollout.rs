@@ -61,9 +61,7 @@ fn test_then_staged_prod_then_halt_and_rollback() {
         json!({"image_id": v2_id, "statement": statement}),
     );
     assert_eq!((r.status, r.code().as_str()), (409, "gate_closed"), "{}", r.json());
-    assert!(
-        r.json()["error"]["message"].as_str().unwrap().contains("confirmed on 0 device(s) of test")
-    );
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("never released to test"));
 
     // Release v2 to test with the server-held key.
     let r =
@@ -148,7 +146,11 @@ fn test_then_staged_prod_then_halt_and_rollback() {
         }
         let stage = release["stage"].as_u64().unwrap() as usize;
         stages_seen.push(stage);
-        let cutoff = [500, 2500, 10_000][stage];
+        // Stage k: the ceil(stages[k] % of 60) devices with the lowest buckets.
+        let mut sorted: Vec<u64> = bucket.values().copied().collect();
+        sorted.sort_unstable();
+        let size = (([5u64, 25, 100][stage] * 60).div_ceil(100)).max(1) as usize;
+        let cutoff = sorted[size - 1] + 1;
         let waiting: Vec<_> =
             prod.iter().filter(|(id, _)| !confirmed.contains(id)).cloned().collect();
         let got = offered(&server, &waiting, &v1_id, &v2_id);
@@ -447,4 +449,41 @@ fn device_reports_are_checked() {
     assert_eq!(server.post_json("/api/v1/device/checkin", &fresh, json!({})).status, 200);
     let r = server.post_json("/api/v1/devices/nope/token", &server.admin, json!({}));
     assert_eq!((r.status, r.code().as_str()), (404, "unknown_device"));
+}
+
+#[test]
+fn claims_do_not_open_the_gate_and_empty_fleets_do_not_complete() {
+    let server = Server::start();
+    let admin = server.admin.clone();
+    let v2 = image("2.0.0");
+    assert_eq!(server.upload(&admin, &v2.bytes).status, 201);
+    let id = v2.id.to_string();
+    // A test device says it runs v2, confirmed, although v2 was never released to test.
+    let qa = server.enroll("qa-1", "test");
+    assert!(server.checkin(&qa, Some(&id)).is_null());
+    server.event(&qa, &id, "confirmed");
+    let statement = sign_release(&id, "prod", 1, &prod_key());
+    let promote = json!({"image_id": id, "statement": statement});
+    let r = server.post_json("/api/v1/environments/prod/releases", &admin, promote.clone());
+    assert_eq!((r.status, r.code().as_str()), (409, "gate_closed"));
+    // Released to test, the same claim is a confirmation after the release: the gate opens.
+    assert_eq!(
+        server
+            .post_json("/api/v1/environments/test/releases", &admin, json!({"image_id": id}))
+            .status,
+        201
+    );
+    server.event(&qa, &id, "confirmed");
+    let r = server.post_json("/api/v1/environments/prod/releases", &admin, promote);
+    assert_eq!(r.status, 201, "{}", r.json());
+    // Prod has no devices: the rollout waits at its first stage instead of completing.
+    assert_eq!(
+        (r.json()["state"].as_str(), r.json()["stage"].as_u64()),
+        (Some("rolling"), Some(0))
+    );
+    // Devices enrolled later are still staged: only the first stage's device is offered.
+    let tokens: Vec<String> =
+        (0..20).map(|i| server.enroll(&format!("late-{i:02}"), "prod")).collect();
+    let offered = tokens.iter().filter(|t| !server.checkin(t, None).is_null()).count();
+    assert_eq!(offered, 1, "5 % of 20 devices");
 }
