@@ -355,7 +355,11 @@ impl Fleet {
         rollout::count(
             self.devices_on(&release.row.environment, &release.row.board),
             release.image,
-            release.cutoffs.get(release.row.stage as usize).copied().unwrap_or(0),
+            release
+                .cutoffs
+                .get((release.row.stage as usize).min(release.cutoffs.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0),
         )
     }
 

@@ -123,7 +123,8 @@ pub fn count<'a>(
 /// bucket bounds.
 pub fn offered(position: &Position, cutoffs: &[u16], bucket: u16) -> bool {
     matches!(position.state, RolloutState::Rolling | RolloutState::Completed)
-        && bucket < cutoffs.get(position.stage).copied().unwrap_or(0)
+        && bucket
+            < cutoffs.get(position.stage.min(cutoffs.len().saturating_sub(1))).copied().unwrap_or(0)
 }
 
 /// The next position of a rollout given its devices, or `None` if it stays.
@@ -137,6 +138,9 @@ pub fn evaluate<'a>(
         return None;
     }
     let bounds = cutoffs(devices.clone().map(|d| d.bucket), settings.stages);
+    // The stages may have been shortened since the rollout reached its stage.
+    let mut now = now.clone();
+    now.stage = now.stage.min(settings.stages.len().saturating_sub(1));
     let mut next = now.clone();
     loop {
         let cutoff = bounds.get(next.stage).copied().unwrap_or(0);
@@ -169,7 +173,7 @@ pub fn evaluate<'a>(
             next.state = RolloutState::Completed;
         }
     }
-    (next != *now).then_some(next)
+    (next != now).then_some(next)
 }
 
 #[cfg(test)]

@@ -10,8 +10,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
-use serde_json::{Value, json};
-use tests::fleet::client::Client;
+use serde_json::Value;
 use tests::fleet::device::Behaviour;
 use tests::fleet::{Fleet, Options, Summary};
 
@@ -42,8 +41,23 @@ fn current(server: &Server, env: &str) -> Value {
     env["current"][0].clone()
 }
 
+/// Checks what every run must show: nothing bricked, no anomaly, no error.
+fn clean(s: &Summary) {
+    assert_eq!(s.bricked, 0, "{s:?}");
+    assert!(s.anomalies.is_empty(), "{:?}", s.anomalies);
+    assert_eq!(s.error_count, 0, "{:?}", s.errors);
+}
+
 async fn pipeline(cuts: f64) {
-    let mut survived = 0;
+    let mut cut_phases: BTreeMap<String, u64> = BTreeMap::new();
+    let mut run = async |fleet: &mut Fleet| {
+        let s = fleet.run().await.unwrap();
+        clean(&s);
+        for (phase, n) in &s.power_cuts_by_phase {
+            *cut_phases.entry(phase.clone()).or_default() += n;
+        }
+        s
+    };
     let dir = tempfile::tempdir().unwrap();
     let (build, build_pub) = keygen(&dir, "build");
     let (prod_key, prod_pub) = keygen(&dir, "prod");
@@ -51,7 +65,9 @@ async fn pipeline(cuts: f64) {
     let (v1, v1_id) = fuse(&dir, &build, "1.0.0");
     let (v2, v2_id) = fuse(&dir, &build, "2.0.0");
     let (v3, v3_id) = fuse(&dir, &build, "3.0.0");
-    for file in [&v1, &v2, &v3] {
+    // v4 carries a security fix: devices that confirm it refuse anything older.
+    let (v4, v4_id) = fuse_with(&dir, &build, "4.0.0", 1);
+    for file in [&v1, &v2, &v3, &v4] {
         ok(Some(&server), &["push", file]);
     }
     let factory = std::fs::read(&v1).unwrap();
@@ -61,24 +77,24 @@ async fn pipeline(cuts: f64) {
     let mut prod =
         Fleet::enroll(options(&server, "prod", 60, "field", cuts), &factory).await.unwrap();
     ok(Some(&server), &["release", "test", &v1_id]);
-    assert_eq!(test.run().await.unwrap().offers, 0);
+    let s = run(&mut test).await;
+    assert_eq!((s.offers, running(&s)), (0, BTreeMap::from([(v1_id.clone(), 12)])));
     ok(Some(&server), &["promote", &v1_id, "--to", "prod", "--key", &prod_key]);
-    assert_eq!(prod.run().await.unwrap().offers, 0);
+    let s = run(&mut prod).await;
+    assert_eq!((s.offers, running(&s)), (0, BTreeMap::from([(v1_id.clone(), 60)])));
     assert_eq!(current(&server, "prod")["state"], "completed");
 
     // 1. v2: test confirms it, prod gets it in stages, the very same image id.
     ok(Some(&server), &["release", "test", &v2_id]);
-    let s = test.run().await.unwrap();
-    survived += s.power_cuts;
+    let s = run(&mut test).await;
     assert_eq!(running(&s), BTreeMap::from([(v2_id.clone(), 12)]), "{s:?}");
-    assert_eq!((s.confirmed, s.bricked), (12, 0), "{s:?}");
+    assert_eq!(s.confirmed, 12, "{s:?}");
     ok(Some(&server), &["promote", &v2_id, "--to", "prod", "--key", &prod_key]);
     assert_eq!(current(&server, "prod")["stage"], 0);
-    let s = prod.run().await.unwrap();
-    survived += s.power_cuts;
+    let s = run(&mut prod).await;
     assert_eq!(running(&s), BTreeMap::from([(v2_id.clone(), 60)]), "{s:?}");
-    assert_eq!((s.confirmed, s.bricked), (60, 0), "{s:?}");
-    assert!(s.rounds >= 4, "one round per stage at least: {s:?}");
+    assert_eq!(s.confirmed, 60, "{s:?}");
+    assert!(s.rounds >= 4, "a round per stage at least: {s:?}");
     let release = current(&server, "prod");
     assert_eq!(
         (release["state"].as_str(), release["stage"].as_u64()),
@@ -89,60 +105,55 @@ async fn pipeline(cuts: f64) {
     // 2. v3 is unhealthy: test reverts it, the rollout halts, prod never sees it.
     test.set_behaviour(Behaviour { fail_ratio: 1.0, power_cut_ratio: cuts });
     ok(Some(&server), &["release", "test", &v3_id]);
-    let s = test.run().await.unwrap();
-    survived += s.power_cuts;
+    let s = run(&mut test).await;
     assert_eq!(running(&s), BTreeMap::from([(v2_id.clone(), 12)]), "{s:?}");
-    assert!(s.reverted >= 3 && s.confirmed == 0 && s.bricked == 0, "{s:?}");
+    // Every device offered v3 reverted it; the halt stopped the offers at 3 or more.
+    assert!(s.offers >= 3 && s.reverted == s.offers && s.confirmed == 0, "{s:?}");
     let release = current(&server, "test");
     assert_eq!(release["state"], "halted", "{release}");
-    let s = prod.run().await.unwrap();
-    survived += s.power_cuts;
+    let s = run(&mut prod).await;
     assert_eq!((s.offers, running(&s)), (0, BTreeMap::from([(v2_id.clone(), 60)])));
     let refused = fails(Some(&server), &["promote", &v3_id, "--to", "prod", "--key", &prod_key]);
     assert!(refused.contains("gate_closed") && refused.contains("halted in test"), "{refused}");
+    test.set_behaviour(Behaviour { fail_ratio: 0.0, power_cut_ratio: cuts });
 
-    // 3. Roll prod back to v1. Every other device stored a higher security counter (a security
-    // fix it took meanwhile): those refuse v1 and say why; the rest go back.
-    for d in prod.devices().iter_mut().step_by(2) {
-        let status = d.device.status().unwrap();
-        d.device.set_counters(1, status.release_sequence).unwrap();
-    }
-    // Half the fleet refusing is expected here: let the rollout go on through it.
-    let client = Client::new(&server.url).unwrap();
-    let r = client
-        .send(
-            hyper::Method::PATCH,
-            "/api/v1/environments/prod",
-            &server.token,
-            Some((
-                "application/json",
-                serde_json::to_vec(&json!({"failure_threshold": 0.9})).unwrap().into(),
-            )),
-            None,
-        )
-        .await
-        .unwrap();
-    assert!(r.status.is_success(), "{}", r.error());
+    // 3. Rollback of prod to v1: allowed by the security counter, every device goes back.
     ok(Some(&server), &["rollback", "--env", "prod", "--key", &prod_key]);
-    let s = prod.run().await.unwrap();
-    survived += s.power_cuts;
-    assert_eq!(running(&s), BTreeMap::from([(v1_id.clone(), 30), (v2_id.clone(), 30)]), "{s:?}");
-    assert_eq!((s.confirmed, s.failed, s.bricked), (30, 30, 0), "{s:?}");
-    for (i, d) in prod.devices().iter_mut().enumerate() {
-        let expected = if i % 2 == 0 { &v2_id } else { &v1_id };
-        assert_eq!(&d.running().unwrap().to_string(), expected, "device {}", d.id);
-    }
-    // The server saw both: the refusals with their reason.
+    let s = run(&mut prod).await;
+    assert_eq!(running(&s), BTreeMap::from([(v1_id.clone(), 60)]), "{s:?}");
+    assert_eq!((s.confirmed, s.failed), (60, 0), "{s:?}");
+
+    // v4 raises the security counter; after it, a rollback to v1 is refused by the devices.
+    ok(Some(&server), &["release", "test", &v4_id]);
+    assert_eq!(run(&mut test).await.confirmed, 12);
+    ok(Some(&server), &["promote", &v4_id, "--to", "prod", "--key", &prod_key]);
+    let s = run(&mut prod).await;
+    assert_eq!(running(&s), BTreeMap::from([(v4_id.clone(), 60)]), "{s:?}");
+    ok(Some(&server), &["rollback", "--env", "prod", "--key", &prod_key]);
+    let s = run(&mut prod).await;
+    assert_eq!(running(&s), BTreeMap::from([(v4_id.clone(), 60)]), "{s:?}");
+    assert!(s.failed >= 1 && s.failed == s.offers && s.confirmed == 0, "{s:?}");
+    // The devices said why; the rollback's rollout halted on their refusals.
+    let release = current(&server, "prod");
+    assert_eq!(
+        (release["image_id"].as_str(), release["state"].as_str()),
+        (Some(v1_id.as_str()), Some("halted"))
+    );
     let refused = json(&server, &["devices", "--env", "prod", "--state", "failed"]);
-    assert_eq!(refused.as_array().unwrap().len(), 30);
-    let detail = json(&server, &["device", "show", "field-00000"]);
+    let refused = refused.as_array().unwrap();
+    assert_eq!(refused.len() as u64, s.failed);
+    let first = refused[0]["id"].as_str().unwrap();
+    let detail = json(&server, &["device", "show", first]);
     let reasons: Vec<&str> =
         detail["events"].as_array().unwrap().iter().filter_map(|e| e["detail"].as_str()).collect();
     assert!(reasons.iter().any(|r| r.contains("security counter")), "{reasons:?}");
-    let current = json(&server, &["devices", "--env", "prod", "--state", "current"]);
-    assert_eq!(current.as_array().unwrap().len(), 30);
-    eprintln!("power cuts survived: {survived}");
-    assert_eq!(survived > 0, cuts > 0.0, "{survived} power cuts");
+
+    // 4. With power cuts, they landed in every phase.
+    eprintln!("power cuts survived: {cut_phases:?}");
+    for phase in ["download", "swap", "revert"] {
+        let n = cut_phases.get(phase).copied().unwrap_or(0);
+        assert_eq!(n > 0, cuts > 0.0, "{n} power cuts in {phase}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,8 @@ use tests::fleet::{Fleet, Options};
 /// over), starts on the factory image, then checks in, downloads offers with Range, installs
 /// them with the real update agent, resets into the real boot logic and confirms — or, for the
 /// unhealthy share, lets the boot logic revert. Stops when no device has work left and prints
-/// a summary. Exit status 1 if any device is bricked.
+/// a summary. Exit status 1 if any device is bricked, the firmware did something it must never
+/// do, or a device could not talk to the server.
 #[derive(Debug, Parser)]
 #[command(name = "fleet-sim", version)]
 struct Cli {
@@ -86,7 +87,9 @@ fn main() -> ExitCode {
             } else {
                 print!("{}", summary.to_text());
             }
-            if summary.bricked > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+            let bad =
+                summary.bricked > 0 || !summary.anomalies.is_empty() || summary.error_count > 0;
+            if bad { ExitCode::FAILURE } else { ExitCode::SUCCESS }
         }
         Err(e) => {
             eprintln!("error: {e:#}");

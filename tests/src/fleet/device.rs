@@ -1,24 +1,36 @@
 //! One simulated device: the real `firmware` boot logic and update agent on a simulated flash,
 //! talking to the ota-server device API like a device's OS would.
 //!
-//! One [`SimulatedDevice::step`] is: report status and check in; if offered an image, stream
-//! it (HTTP `Range`, resuming from the agent's checkpoint after a power cut) into the agent,
-//! reset into the boot logic (which swaps and boots the new image on trial), then confirm it —
-//! or, for an unhealthy image, reset again so that the boot logic reverts it. Every step is
-//! reported through the device API.
+//! One [`SimulatedDevice::step`] is: settle an image left on trial (self-test: confirm, or let
+//! the boot logic revert it), report the status read from flash and check in; if offered an
+//! image, stream it (HTTP `Range`, resuming from the agent's checkpoint after a power cut, with
+//! a check-in after each reset as a real OS would) into the agent, reset into the boot logic
+//! (which swaps and boots the new image on trial), then confirm it — or, for an unhealthy
+//! image, reset until the boot logic reverts it. Every step is reported through the device API.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use anyhow::{Result, anyhow};
-use firmware::boot::BootError;
+use firmware::boot::{BootError, Booted};
 use firmware::image::{ImageId, MAX_WINDOW};
 use firmware::sim::device::SimDevice;
 use firmware::sim::{Cut, CutKind, Rng};
-use firmware::state::{OutcomeKind, RevertReason};
+use firmware::state::{FailReason, ImageTag, OutcomeKind, RevertReason};
 use firmware::update::{Agent, AgentConfig, SlotB, UpdateError};
-use hyper::Method;
+use hyper::{Method, StatusCode};
 use ota_server::api::{self, CheckIn, EventKind, NewEvent, SlotBReport};
 use sha2::{Digest, Sha256};
 
 use super::client::Client;
+
+/// Trial boots the simulated OS gets: two, so that a power cut during the first trial boot
+/// (which counts) does not revert a healthy image.
+pub const TRIAL_BOOTS: u8 = 2;
+
+/// Longest time a request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How devices behave.
 #[derive(Clone, Copy, Debug)]
@@ -30,8 +42,30 @@ pub struct Behaviour {
     pub power_cut_ratio: f64,
 }
 
+/// The phases power may be cut in.
+#[derive(Clone, Copy, Debug)]
+pub enum Phase {
+    /// Streaming into slot B.
+    Download = 0,
+    /// The reset that swaps the new image in.
+    Swap = 1,
+    /// The reset that takes an unconfirmed image back out.
+    Revert = 2,
+}
+
+/// Flash operations each phase took when it last ran uncut, learnt across the fleet: a cut is
+/// placed uniformly among them, so it lands inside the phase.
+#[derive(Debug)]
+pub struct Spans([AtomicU64; 3]);
+
+impl Default for Spans {
+    fn default() -> Self {
+        Spans([AtomicU64::new(8), AtomicU64::new(8), AtomicU64::new(8)])
+    }
+}
+
 /// What one device went through.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Tally {
     /// Check-ins.
     pub checkins: u64,
@@ -39,16 +73,21 @@ pub struct Tally {
     pub offers: u64,
     /// Images confirmed.
     pub confirmed: u64,
-    /// Images reverted by the boot logic.
+    /// Images reverted by the boot logic after a failed self-test.
     pub reverted: u64,
     /// Offers refused or failed (the agent's refusal, a bad download).
     pub failed: u64,
-    /// Power cuts survived.
-    pub power_cuts: u64,
+    /// Power cuts survived, per phase (download, swap, revert).
+    pub power_cuts: [u64; 3],
     /// Bytes of image downloaded.
     pub downloaded: u64,
     /// Whether the device can no longer boot (must never happen).
     pub bricked: bool,
+    /// Things the firmware must never do (a healthy image reverted, a flash rule broken, an
+    /// image that fails its check at boot), with what happened.
+    pub anomalies: Vec<String>,
+    /// Errors talking to the server (the device carries on at the next round).
+    pub errors: Vec<String>,
 }
 
 /// What a step did.
@@ -67,19 +106,11 @@ enum Downloaded {
     /// Verified in slot B, waiting for a reset.
     Pending,
     /// A power cut reset the device after the last write: it swapped and runs it on trial.
-    Booted(firmware::boot::Booted),
+    Booted(Booted),
     /// The agent refused the offer or the image failed its checks.
     Refused(String),
     /// The device cannot boot.
     Bricked,
-}
-
-/// The phases power may be cut in.
-#[derive(Clone, Copy, Debug)]
-enum Phase {
-    Download = 0,
-    Swap = 1,
-    Revert = 2,
 }
 
 /// A simulated device.
@@ -95,13 +126,9 @@ pub struct SimulatedDevice {
     pub rng: Rng,
     /// What happened so far.
     pub tally: Tally,
-    /// Last outcome, for the next check-in.
-    last_outcome: Option<String>,
     /// The last image this device reverted or refused.
     pub last_failed: Option<ImageId>,
-    /// Flash operations each phase took the last time it ran uncut: a cut is placed
-    /// uniformly among them, so it lands inside the phase.
-    spans: [u64; 3],
+    spans: Arc<Spans>,
 }
 
 /// Whether `device` finds `image` unhealthy: a stable choice of `ratio` of the devices.
@@ -114,29 +141,54 @@ pub fn unhealthy(device: &str, image: ImageId, ratio: f64) -> bool {
     (x as f64 / u64::MAX as f64) < ratio
 }
 
-/// A flash error that is the simulated power cut (not a bug).
-fn is_power_loss(err: &UpdateError) -> bool {
-    matches!(err, UpdateError::Flash(_) | UpdateError::State(_))
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+/// At most 128 bytes (what the server takes), on a character boundary.
+fn truncate(mut text: String) -> String {
+    if text.len() > 128 {
+        let mut end = 128;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
 }
 
 impl SimulatedDevice {
     /// A device over `device` (already provisioned).
-    pub fn new(id: String, token: String, device: SimDevice, seed: u64) -> Self {
+    pub fn new(
+        id: String,
+        token: String,
+        mut device: SimDevice,
+        seed: u64,
+        spans: Arc<Spans>,
+    ) -> Self {
+        device.trial_boots = TRIAL_BOOTS;
         SimulatedDevice {
             id,
             token,
             device,
             rng: Rng::new(seed),
             tally: Tally::default(),
-            last_outcome: None,
             last_failed: None,
-            spans: [64; 3],
+            spans,
         }
     }
 
     /// The image in slot A, if readable.
     pub fn running(&mut self) -> Option<ImageId> {
         self.device.status().ok().and_then(|s| s.running.map(|(id, _)| id))
+    }
+
+    /// What a reset would boot, without changing this device: `None` if it cannot boot.
+    pub fn would_boot(&self) -> Option<ImageId> {
+        let mut probe = self.device.clone();
+        probe.flash.cut(None);
+        probe.flash.power_on();
+        probe.boot().ok().map(|b| b.image.id)
     }
 
     /// With probability `p`, schedules a power cut at one of the flash operations `phase` is
@@ -146,7 +198,8 @@ impl SimulatedDevice {
         if p <= 0.0 || (self.rng.below(1_000_000) as f64) >= p * 1_000_000.0 {
             return now;
         }
-        let at = now + self.rng.below(self.spans[phase as usize].max(1));
+        let span = self.spans.0[phase as usize].load(Ordering::Relaxed);
+        let at = now + self.rng.below(span.max(1));
         let kind = match self.rng.below(3) {
             0 => CutKind::Before,
             1 => CutKind::After,
@@ -159,21 +212,23 @@ impl SimulatedDevice {
     /// Notes how many operations an uncut `phase` took.
     fn measured(&mut self, phase: Phase, started: u64) {
         let ops = self.device.flash.stats().operations.saturating_sub(started);
-        self.spans[phase as usize] = ops.max(1);
+        self.spans.0[phase as usize].store(ops.max(1), Ordering::Relaxed);
     }
 
     /// Power comes back: count the cut, clear any pending one.
-    fn power_back(&mut self) {
+    fn power_back(&mut self, phase: Phase) {
         self.device.flash.cut(None);
         if self.device.flash.is_off() {
-            self.tally.power_cuts += 1;
+            self.tally.power_cuts[phase as usize] += 1;
+        } else {
+            self.tally.anomalies.push(format!("a flash error with power on in {phase:?}"));
         }
         self.device.flash.power_on();
     }
 
     /// A reset: the boot logic runs until it hands over (power may be cut while it swaps or
     /// reverts; it then runs again). `None` if the device cannot boot.
-    fn reset(&mut self, cut_ratio: f64, phase: Phase) -> Option<firmware::boot::Booted> {
+    fn reset(&mut self, cut_ratio: f64, phase: Phase) -> Option<Booted> {
         let mut started = self.maybe_cut(cut_ratio, phase);
         let mut cut = false;
         for _ in 0..64 {
@@ -186,19 +241,32 @@ impl SimulatedDevice {
                     return Some(b);
                 }
                 Err(BootError::NoBootableImage { .. }) if !self.device.flash.is_off() => {
+                    self.tally.bricked = true;
                     return None;
                 }
                 Err(_) => {
-                    self.power_back();
+                    self.power_back(phase);
                     cut = true;
                     started = self.device.flash.stats().operations;
                 }
             }
         }
+        self.tally.bricked = true;
         None
     }
 
-    /// What the device reports at check-in.
+    /// The last outcome, as the OS reads it from flash.
+    fn outcome_text(outcome: Option<firmware::state::Outcome>) -> Option<String> {
+        let o = outcome?;
+        let tag = hex::encode(o.image.0);
+        Some(truncate(match o.kind {
+            OutcomeKind::Updated => format!("updated to {tag}"),
+            OutcomeKind::Reverted(r) => format!("reverted {tag}: {r:?}"),
+            OutcomeKind::Failed(r) => format!("failed {tag}: {r:?}"),
+        }))
+    }
+
+    /// What the device reports at check-in, all read from flash.
     fn report(&mut self) -> CheckIn {
         let Ok(status) = self.device.status() else {
             return CheckIn {
@@ -218,7 +286,7 @@ impl SimulatedDevice {
             image_id: status.running.map(|(id, _)| id.to_string()),
             trial: status.trial,
             slot_b: Some(slot_b),
-            last_outcome: self.last_outcome.clone(),
+            last_outcome: Self::outcome_text(status.outcome),
             release_sequence: Some(status.release_sequence),
         }
     }
@@ -231,15 +299,43 @@ impl SimulatedDevice {
         detail: Option<String>,
     ) -> Result<()> {
         let body = NewEvent { image_id: image.to_owned(), kind, detail };
-        let r = client.post("/api/v1/device/events", &self.token, &body).await?;
+        let r = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            client.post("/api/v1/device/events", &self.token, &body),
+        )
+        .await
+        .map_err(|_| anyhow!("event {}: no answer within 30 s", kind.as_str()))??;
         if !r.status.is_success() {
-            return Err(anyhow!("device {}: event {}: {}", self.id, kind.as_str(), r.error()));
+            return Err(anyhow!("event {}: {}", kind.as_str(), r.error()));
         }
         Ok(())
     }
 
-    /// One check-in, and the update it offers if any.
-    pub async fn step(&mut self, client: &Client, behaviour: Behaviour) -> Result<Step> {
+    async fn checkin(&mut self, client: &Client) -> Result<Option<api::Offer>> {
+        let report = self.report();
+        self.tally.checkins += 1;
+        let r = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            client.post("/api/v1/device/checkin", &self.token, &report),
+        )
+        .await
+        .map_err(|_| anyhow!("check-in: no answer within 30 s"))??;
+        Ok(r.json::<api::CheckInResponse>()?.offer)
+    }
+
+    /// One check-in, and the update it offers if any. Errors talking to the server are
+    /// recorded in the tally, not returned: the device tries again next round.
+    pub async fn step(&mut self, client: &Client, behaviour: Behaviour) -> Step {
+        match self.step_inner(client, behaviour).await {
+            Ok(step) => step,
+            Err(e) => {
+                self.tally.errors.push(format!("device {}: {e:#}", self.id));
+                if self.tally.bricked { Step::Bricked } else { Step::Idle }
+            }
+        }
+    }
+
+    async fn step_inner(&mut self, client: &Client, behaviour: Behaviour) -> Result<Step> {
         if self.tally.bricked {
             return Ok(Step::Bricked);
         }
@@ -251,30 +347,22 @@ impl SimulatedDevice {
         {
             return self.settle_trial(client, image, behaviour).await;
         }
-        let report = self.report();
-        self.tally.checkins += 1;
-        let answer: api::CheckInResponse =
-            client.post("/api/v1/device/checkin", &self.token, &report).await?.json()?;
-        let Some(offer) = answer.offer else { return Ok(Step::Idle) };
+        let Some(offer) = self.checkin(client).await? else { return Ok(Step::Idle) };
         self.tally.offers += 1;
         let image = ImageId::from_hex(&offer.image_id)
-            .ok_or_else(|| anyhow!("offer names a bad image id"))?;
+            .ok_or_else(|| anyhow!("offer names a bad image id {:?}", offer.image_id))?;
         let release = hex::decode(&offer.release).map_err(|e| anyhow!("offer's release: {e}"))?;
         self.event(client, &offer.image_id, EventKind::Downloading, None).await?;
 
         // Download into slot B, resuming from the agent's checkpoint after each power cut.
-        let booted = match self.download(client, &offer.url, &release, behaviour).await? {
+        let booted = match self.download(client, &offer, &release, behaviour).await? {
             Downloaded::Refused(refusal) => {
                 self.tally.failed += 1;
                 self.last_failed = Some(image);
-                self.last_outcome = Some(format!("refused {}: {refusal}", &offer.image_id[..12]));
                 self.event(client, &offer.image_id, EventKind::Failed, Some(refusal)).await?;
                 return Ok(Step::Updated);
             }
-            Downloaded::Bricked => {
-                self.tally.bricked = true;
-                return Ok(Step::Bricked);
-            }
+            Downloaded::Bricked => return Ok(Step::Bricked),
             Downloaded::Booted(booted) => {
                 // Power was cut right after the download was complete: the reset swapped.
                 self.event(client, &offer.image_id, EventKind::Installed, None).await?;
@@ -284,44 +372,35 @@ impl SimulatedDevice {
                 self.event(client, &offer.image_id, EventKind::Installed, None).await?;
                 // Reset: the boot logic swaps and boots the new image on trial.
                 let Some(booted) = self.reset(behaviour.power_cut_ratio, Phase::Swap) else {
-                    self.tally.bricked = true;
                     return Ok(Step::Bricked);
                 };
                 booted
             }
         };
         if booted.image.id != image || !booted.trial {
-            // The boot logic took the new image back out before the OS ran it: power was lost
-            // during its trial boot (which counts), or it no longer verified.
+            // The boot logic did not hand the new image over on trial.
             let outcome = self.device.status().ok().and_then(|s| s.outcome);
-            let (kind, detail) = match outcome.map(|o| o.kind) {
-                Some(OutcomeKind::Reverted(reason)) => {
-                    self.tally.reverted += 1;
-                    let why = match reason {
-                        RevertReason::NotConfirmed => "its trial boot ended without a confirm",
-                        RevertReason::ImageInvalid => "it failed its check at boot",
-                    };
-                    (EventKind::Reverted, format!("the boot logic reverted it: {why}"))
-                }
-                other => {
-                    self.tally.failed += 1;
-                    let detail = format!(
-                        "after the reset slot A runs {}, not the new image on trial ({other:?})",
-                        booted.image.id
-                    );
-                    (EventKind::Failed, detail)
-                }
-            };
+            let outcome = outcome.filter(|o| o.image == ImageTag::of(&image));
+            let detail = format!(
+                "after the reset slot A runs {} ({}), not the new image on trial: {:?}",
+                booted.image.id,
+                if booted.trial { "on trial" } else { "confirmed" },
+                outcome.map(|o| o.kind)
+            );
+            self.tally.failed += 1;
             self.last_failed = Some(image);
-            self.last_outcome = Some(format!("{} {}", kind.as_str(), &offer.image_id[..12]));
-            self.event(client, &offer.image_id, kind, Some(detail)).await?;
+            if !matches!(outcome.map(|o| o.kind), Some(OutcomeKind::Failed(FailReason::Superseded)))
+            {
+                self.tally.anomalies.push(format!("device {}: {detail}", self.id));
+            }
+            self.event(client, &offer.image_id, EventKind::Failed, Some(detail)).await?;
             return Ok(Step::Updated);
         }
         self.settle_trial(client, image, behaviour).await
     }
 
-    /// The OS's self-test of an image on trial: confirm it, or (unhealthy) leave it to the
-    /// boot logic to revert at the next reset.
+    /// The OS's self-test of an image on trial: confirm it, or (unhealthy) reset until the
+    /// boot logic reverts it.
     async fn settle_trial(
         &mut self,
         client: &Client,
@@ -330,22 +409,33 @@ impl SimulatedDevice {
     ) -> Result<Step> {
         let id = image.to_string();
         self.event(client, &id, EventKind::Booted, None).await?;
-        if unhealthy(&self.id, image, behaviour.fail_ratio) {
-            let Some(back) = self.reset(behaviour.power_cut_ratio, Phase::Revert) else {
-                self.tally.bricked = true;
+        if !unhealthy(&self.id, image, behaviour.fail_ratio) {
+            self.device.confirm().map_err(|e| anyhow!("confirm: {e}"))?;
+            self.tally.confirmed += 1;
+            self.event(client, &id, EventKind::Confirmed, None).await?;
+            return Ok(Step::Updated);
+        }
+        // No confirm: each reset uses a trial boot, then the boot logic reverts.
+        for _ in 0..=TRIAL_BOOTS {
+            let Some(booted) = self.reset(behaviour.power_cut_ratio, Phase::Revert) else {
                 return Ok(Step::Bricked);
             };
-            self.tally.reverted += 1;
-            self.last_failed = Some(image);
-            self.last_outcome = Some(format!("reverted {}", &id[..12]));
-            let detail = format!("self-test failed; the boot logic went back to {}", back.image.id);
-            self.event(client, &id, EventKind::Reverted, Some(detail)).await?;
-        } else {
-            self.device.confirm().map_err(|e| anyhow!("device {}: confirm: {e}", self.id))?;
-            self.tally.confirmed += 1;
-            self.last_outcome = Some(format!("updated to {}", &id[..12]));
-            self.event(client, &id, EventKind::Confirmed, None).await?;
+            if booted.image.id != image {
+                let reason = self.device.status().ok().and_then(|s| s.outcome).map(|o| o.kind);
+                if reason != Some(OutcomeKind::Reverted(RevertReason::NotConfirmed)) {
+                    self.tally
+                        .anomalies
+                        .push(format!("device {}: revert of {id}: {reason:?}", self.id));
+                }
+                self.tally.reverted += 1;
+                self.last_failed = Some(image);
+                let detail =
+                    format!("self-test failed; the boot logic went back to {}", booted.image.id);
+                self.event(client, &id, EventKind::Reverted, Some(detail)).await?;
+                return Ok(Step::Updated);
+            }
         }
+        self.tally.anomalies.push(format!("device {}: {id} never reverted", self.id));
         Ok(Step::Updated)
     }
 
@@ -353,14 +443,16 @@ impl SimulatedDevice {
     async fn download(
         &mut self,
         client: &Client,
-        url: &str,
+        offer: &api::Offer,
         release: &[u8],
         behaviour: Behaviour,
     ) -> Result<Downloaded> {
         let mut cut = false;
-        for _attempt in 0..32 {
-            let started = self.maybe_cut(behaviour.power_cut_ratio, Phase::Download);
-            match self.download_once(client, url, release).await? {
+        for _attempt in 0..64 {
+            // One cut per download at most: the attempts after it resume.
+            let ratio = if cut { 0.0 } else { behaviour.power_cut_ratio };
+            let started = self.maybe_cut(ratio, Phase::Download);
+            match self.download_once(client, &offer.url, release).await? {
                 Ok(()) => {
                     self.device.flash.cut(None);
                     if !cut {
@@ -368,22 +460,34 @@ impl SimulatedDevice {
                     }
                     return Ok(Downloaded::Pending);
                 }
-                Err(e) if is_power_loss(&e) && self.device.flash.is_off() => {
-                    // The device resets mid-download: the boot logic runs and the OS checks in
-                    // again, resuming where the agent's checkpoint says — unless the cut came
-                    // after the download's last write, and the reset installed it.
-                    self.power_back();
+                Err(UpdateError::Flash(_) | UpdateError::State(_)) => {
+                    // The device resets mid-download: the boot logic runs, and the OS checks
+                    // in (saying slot B holds a download) before it resumes where the agent's
+                    // checkpoint says — unless the cut came after the download's last write,
+                    // and the reset installed it.
+                    self.power_back(Phase::Download);
                     cut = true;
                     match self.reset(0.0, Phase::Swap) {
                         None => return Ok(Downloaded::Bricked),
                         Some(booted) if booted.trial => return Ok(Downloaded::Booted(booted)),
                         Some(_) => {}
                     }
+                    match self.checkin(client).await? {
+                        Some(again) if again.image_id == offer.image_id => {}
+                        other => {
+                            let now = other
+                                .map_or("nothing".to_owned(), |o| short(&o.image_id).to_owned());
+                            return Ok(Downloaded::Refused(format!(
+                                "after a reset the server offers {now}, not {}",
+                                short(&offer.image_id)
+                            )));
+                        }
+                    }
                 }
                 Err(e) => return Ok(Downloaded::Refused(e.to_string())),
             }
         }
-        Err(anyhow!("device {}: download did not finish after 32 power cuts", self.id))
+        Err(anyhow!("download did not finish after 64 power cuts"))
     }
 
     async fn download_once(
@@ -410,9 +514,18 @@ impl SimulatedDevice {
             Err(e) => return Ok(Err(e)),
         };
         let from = u64::from(started.resume_from);
-        let reply = client.send(Method::GET, url, &self.token, None, Some(from)).await?;
-        if !reply.status.is_success() {
-            return Err(anyhow!("device {}: download: {}", self.id, reply.error()));
+        let reply = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            client.send(Method::GET, url, &self.token, None, (from > 0).then_some(from)),
+        )
+        .await
+        .map_err(|_| anyhow!("download: no answer within 30 s"))??;
+        let expected = if from > 0 { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
+        if reply.status != expected {
+            return Err(anyhow!(
+                "download from byte {from}: expected {expected}, got {}",
+                reply.error()
+            ));
         }
         self.tally.downloaded += reply.body.len() as u64;
         let mut rest = &reply.body[..];

@@ -23,7 +23,7 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 
 use client::Client;
-use device::{Behaviour, SimulatedDevice, Step, Tally};
+use device::{Behaviour, SimulatedDevice, Spans, Step, Tally};
 
 /// What to simulate.
 #[derive(Clone, Debug)]
@@ -69,8 +69,16 @@ pub struct Summary {
     pub failed: u64,
     /// Devices that can no longer boot.
     pub bricked: u64,
-    /// Power cuts survived.
+    /// Power cuts survived, all phases.
     pub power_cuts: u64,
+    /// Power cuts survived while downloading, swapping and reverting.
+    pub power_cuts_by_phase: BTreeMap<String, u64>,
+    /// Things the firmware must never do (the run exits non-zero if there are any).
+    pub anomalies: Vec<String>,
+    /// Errors talking to the server (the first 20), and how many there were.
+    pub errors: Vec<String>,
+    /// Number of errors.
+    pub error_count: usize,
     /// Check-ins made.
     pub checkins: u64,
     /// Offers received.
@@ -96,6 +104,12 @@ impl Summary {
             let short = if image.len() > 12 { &image[..12] } else { image };
             out.push_str(&format!("  running {short}: {n} devices\n"));
         }
+        for a in &self.anomalies {
+            out.push_str(&format!("  ANOMALY: {a}\n"));
+        }
+        for e in &self.errors {
+            out.push_str(&format!("  error: {e}\n"));
+        }
         out.push_str(&format!(
             "  confirmed {}, reverted {}, failed {}, bricked {}\n  {} check-ins, {} offers, {} bytes downloaded, {} power cuts survived\n",
             self.confirmed,
@@ -107,6 +121,11 @@ impl Summary {
             self.downloaded_bytes,
             self.power_cuts
         ));
+        if self.power_cuts > 0 {
+            let phases: Vec<String> =
+                self.power_cuts_by_phase.iter().map(|(p, n)| format!("{n} in {p}")).collect();
+            out.push_str(&format!("  power cuts: {}\n", phases.join(", ")));
+        }
         out
     }
 }
@@ -116,6 +135,10 @@ pub struct Fleet {
     client: Client,
     options: Options,
     devices: Vec<SimulatedDevice>,
+}
+
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
 }
 
 impl std::fmt::Debug for Fleet {
@@ -175,6 +198,20 @@ impl Fleet {
                 let new = api::NewDevice { id: id.clone(), board, environment };
                 let r = client.post("/api/v1/devices", &token, &new).await?;
                 let created: api::DeviceCreated = if r.code().as_deref() == Some("exists") {
+                    // Take the enrollment over, but only if it is the same kind of device.
+                    let known: api::DeviceDetail =
+                        client.get(&format!("/api/v1/devices/{id}"), &token).await?.json()?;
+                    if known.device.environment != new.environment
+                        || known.device.board != new.board
+                    {
+                        bail!(
+                            "device {id} is enrolled in {} on {}, not {} on {}",
+                            known.device.environment,
+                            known.device.board,
+                            new.environment,
+                            new.board
+                        );
+                    }
                     client
                         .post(
                             &format!("/api/v1/devices/{id}/token"),
@@ -206,6 +243,7 @@ impl Fleet {
             let (i, token) = joined??;
             tokens[i] = token;
         }
+        let spans = Arc::new(Spans::default());
         let devices = tokens
             .into_iter()
             .enumerate()
@@ -216,6 +254,7 @@ impl Fleet {
                     token,
                     template.clone(),
                     options.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                    spans.clone(),
                 )
             })
             .collect();
@@ -255,15 +294,17 @@ impl Fleet {
         }))
     }
 
-    /// Runs rounds until no device has work left; returns what happened.
+    /// Runs rounds until no device has work left; returns what happened. Every device is
+    /// booted once more at the end (on a copy), so that a device that could not boot is counted
+    /// bricked even if the run never reset it again.
     pub async fn run(&mut self) -> Result<Summary> {
         let started = Instant::now();
-        let before: Vec<Tally> = self.devices.iter().map(|d| d.tally).collect();
+        let before: Vec<Tally> = self.devices.iter().map(|d| d.tally.clone()).collect();
         let mut rounds = 0;
         let mut idle = 0;
         let stopped = loop {
             rounds += 1;
-            let tally_before: Vec<Tally> = self.devices.iter().map(|d| d.tally).collect();
+            let tally_before: Vec<Tally> = self.devices.iter().map(|d| d.tally.clone()).collect();
             let (updated, bricked) = self.round().await?;
             if self.options.verbose && updated > 0 {
                 self.print_round(rounds, &tally_before).await?;
@@ -286,18 +327,33 @@ impl Fleet {
         };
         let mut summary =
             Summary { devices: self.devices.len(), rounds, stopped, ..Summary::default() };
+        let phases = ["download", "swap", "revert"];
         for (d, before) in self.devices.iter_mut().zip(before) {
-            let t = d.tally;
+            let booted = d.would_boot();
+            if booted.is_none() {
+                d.tally.bricked = true;
+            }
+            let t = &d.tally;
             summary.confirmed += t.confirmed - before.confirmed;
             summary.reverted += t.reverted - before.reverted;
             summary.failed += t.failed - before.failed;
-            summary.power_cuts += t.power_cuts - before.power_cuts;
+            for (i, phase) in phases.iter().enumerate() {
+                let n = t.power_cuts[i] - before.power_cuts[i];
+                summary.power_cuts += n;
+                *summary.power_cuts_by_phase.entry((*phase).to_owned()).or_default() += n;
+            }
             summary.checkins += t.checkins - before.checkins;
             summary.offers += t.offers - before.offers;
             summary.downloaded_bytes += t.downloaded - before.downloaded;
             summary.bricked += u64::from(t.bricked);
-            let running = if t.bricked { None } else { d.running() };
-            let key = running.map_or_else(|| "none".to_owned(), |id: ImageId| id.to_string());
+            summary.anomalies.extend(t.anomalies[before.anomalies.len()..].iter().cloned());
+            for e in &t.errors[before.errors.len()..] {
+                summary.error_count += 1;
+                if summary.errors.len() < 20 {
+                    summary.errors.push(e.clone());
+                }
+            }
+            let key = booted.map_or_else(|| "none".to_owned(), |id: ImageId| id.to_string());
             *summary.running.entry(key).or_default() += 1;
         }
         summary.seconds = started.elapsed().as_secs_f64();
@@ -306,13 +362,13 @@ impl Fleet {
 
     /// Prints what a round did and where the rollout stands.
     async fn print_round(&self, round: u32, before: &[Tally]) -> Result<()> {
-        let mut d = Tally::default();
+        let (mut offers, mut confirmed, mut reverted, mut failed, mut cuts) = (0, 0, 0, 0, 0);
         for (dev, b) in self.devices.iter().zip(before) {
-            d.offers += dev.tally.offers - b.offers;
-            d.confirmed += dev.tally.confirmed - b.confirmed;
-            d.reverted += dev.tally.reverted - b.reverted;
-            d.failed += dev.tally.failed - b.failed;
-            d.power_cuts += dev.tally.power_cuts - b.power_cuts;
+            offers += dev.tally.offers - b.offers;
+            confirmed += dev.tally.confirmed - b.confirmed;
+            reverted += dev.tally.reverted - b.reverted;
+            failed += dev.tally.failed - b.failed;
+            cuts += dev.tally.power_cuts.iter().sum::<u64>() - b.power_cuts.iter().sum::<u64>();
         }
         let env: api::EnvironmentInfo = self
             .client
@@ -326,7 +382,7 @@ impl Fleet {
                     "release {}/{} ({}) {}, stage {}/{} ({}%): {} of {} confirmed",
                     r.environment,
                     r.sequence,
-                    &r.image_id[..12],
+                    short(&r.image_id),
                     r.state.as_str(),
                     r.stage + 1,
                     r.stages.len(),
@@ -337,8 +393,8 @@ impl Fleet {
             },
         );
         eprintln!(
-            "round {round}: {} offered, {} confirmed, {} reverted, {} failed, {} power cuts; {rollout}",
-            d.offers, d.confirmed, d.reverted, d.failed, d.power_cuts
+            "round {round}: {offers} offered, {confirmed} confirmed, {reverted} reverted, {failed} \
+             failed, {cuts} power cuts; {rollout}"
         );
         Ok(())
     }
@@ -359,21 +415,23 @@ impl Fleet {
             });
         }
         let mut back: Vec<Option<SimulatedDevice>> = (0..n).map(|_| None).collect();
-        let (mut updated, mut bricked, mut error) = (0, 0, None);
+        let (mut updated, mut bricked, mut lost) = (0, 0, 0);
         while let Some(joined) = set.join_next().await {
-            let (i, d, step) = joined?;
-            match step {
-                Ok(Step::Updated) => updated += 1,
-                Ok(Step::Bricked) => bricked += 1,
-                Ok(Step::Idle) => {}
-                Err(e) => error = Some(e),
+            match joined {
+                Ok((i, d, step)) => {
+                    match step {
+                        Step::Updated => updated += 1,
+                        Step::Bricked => bricked += 1,
+                        Step::Idle => {}
+                    }
+                    back[i] = Some(d);
+                }
+                Err(_) => lost += 1,
             }
-            back[i] = Some(d);
         }
-        self.devices =
-            back.into_iter().map(|d| d.expect("every task returns its device")).collect();
-        if let Some(e) = error {
-            return Err(e);
+        self.devices = back.into_iter().flatten().collect();
+        if lost > 0 {
+            bail!("{lost} simulated devices were lost: their task panicked");
         }
         Ok((updated, bricked))
     }

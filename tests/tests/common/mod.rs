@@ -198,9 +198,27 @@ pub fn keygen(dir: &TempDir, name: &str) -> (String, String) {
 
 /// Fuses the microbit fixtures as `version`, signed with `key`; returns the file and its id.
 pub fn fuse(dir: &TempDir, key: &str, version: &str) -> (String, String) {
+    fuse_with(dir, key, version, 0)
+}
+
+/// Fuses the microbit fixtures as `version` with `counter` as its security counter, plus a
+/// 3 KiB data part whose bytes differ per version (so versions differ in more than their
+/// header: a swap that mixed up pages would not verify).
+pub fn fuse_with(dir: &TempDir, key: &str, version: &str, counter: u32) -> (String, String) {
+    use sha2::{Digest, Sha256};
     let out = path(dir, &format!("microbit-{version}.fwi"));
+    let data = path(dir, &format!("data-{version}.bin"));
+    let mut bytes = Vec::new();
+    let mut block: [u8; 32] = Sha256::digest(version.as_bytes()).into();
+    while bytes.len() < 3 * 1024 {
+        bytes.extend_from_slice(&block);
+        block = Sha256::digest(block).into();
+    }
+    std::fs::write(&data, &bytes).unwrap();
     let (os, app) = (fixture("microbit/os.elf"), fixture("microbit/app.elf"));
     let (os, app) = (os.to_str().unwrap(), app.to_str().unwrap());
+    let counter = counter.to_string();
+    let data_arg = format!("version={data}@0x20000");
     ok(
         None,
         &[
@@ -211,8 +229,12 @@ pub fn fuse(dir: &TempDir, key: &str, version: &str) -> (String, String) {
             os,
             "--app",
             app,
+            "--data",
+            &data_arg,
             "--version",
             version,
+            "--security-counter",
+            &counter,
             "--key",
             key,
             "--out",
