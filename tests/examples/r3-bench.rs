@@ -45,6 +45,16 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// Stops the server however the benchmark ends.
+struct Stop(std::process::Child);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn options(url: &str, token: &str, env: &str, devices: usize, prefix: &str) -> Options {
     Options {
         server: url.into(),
@@ -130,8 +140,10 @@ async fn main() -> Result<()> {
         .env("OTA_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let child = Stop(child);
     let mut first = String::new();
-    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut first)?;
+    BufReader::new(stdout).read_line(&mut first)?;
     let url =
         first.trim().strip_prefix("listening on ").context("server did not start")?.to_owned();
     let server = Some((url.as_str(), token.as_str()));
@@ -155,7 +167,7 @@ async fn main() -> Result<()> {
     imager(&["promote", &v2, "--to", "prod", "--key", &p("prod.pem")], server)?;
     let s = prod.run().await?;
     let wall = started.elapsed().as_secs_f64();
-    let rss = peak_rss_mib(child.id());
+    let rss = peak_rss_mib(child.0.id());
     let own = peak_rss_mib(std::process::id());
     let metrics = tests::fleet::client::Client::new(&url)?.get("/metrics", "").await?;
     let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
@@ -165,8 +177,7 @@ async fn main() -> Result<()> {
             .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
             .unwrap_or_default()
     };
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
 
     println!("R3 results ({} cores):", std::thread::available_parallelism().map_or(0, |n| n.get()));
     line("test", &t);
@@ -178,6 +189,9 @@ async fn main() -> Result<()> {
         n_test + n_prod,
         t.bricked + s.bricked
     );
+    let anomalies = t.anomalies.len() + s.anomalies.len();
+    let errors = t.error_count + s.error_count;
+    println!("  anomalies {anomalies}, device errors {errors}");
     println!(
         "  server: {} check-ins, {} downloads, {} bytes served, peak RSS {rss:.0} MiB",
         metric("ota_checkins_total "),
