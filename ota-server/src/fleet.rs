@@ -384,7 +384,7 @@ impl Fleet {
         let bounds = rollout::cutoffs(self.devices_on(env, board).map(|d| d.bucket), &stages);
         let current =
             self.releases.get_mut(env)?.iter_mut().rev().find(|r| r.row.board == board)?;
-        current.cutoffs = bounds;
+        current.cutoffs = bounds.clone();
         let environment = self.environment(env)?;
         let release = self.current(env, board)?;
         let settings = rollout::Settings {
@@ -398,7 +398,7 @@ impl Fleet {
             stage: release.row.stage as usize,
             reason: release.row.reason.clone(),
         };
-        let next = rollout::evaluate(&settings, &now, release.image, devices)?;
+        let next = rollout::evaluate(&settings, &now, release.image, devices, &bounds)?;
         let m = Mutation::UpdateRollout {
             environment: env.to_owned(),
             sequence: release.row.sequence,

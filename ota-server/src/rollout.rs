@@ -127,17 +127,18 @@ pub fn offered(position: &Position, cutoffs: &[u16], bucket: u16) -> bool {
             < cutoffs.get(position.stage.min(cutoffs.len().saturating_sub(1))).copied().unwrap_or(0)
 }
 
-/// The next position of a rollout given its devices, or `None` if it stays.
+/// The next position of a rollout given its devices and their stage bounds (from
+/// [`cutoffs`]), or `None` if it stays.
 pub fn evaluate<'a>(
     settings: &Settings<'_>,
     now: &Position,
     image: ImageId,
     devices: impl Iterator<Item = &'a Device> + Clone,
+    bounds: &[u16],
 ) -> Option<Position> {
     if !matches!(now.state, RolloutState::Rolling | RolloutState::Completed) {
         return None;
     }
-    let bounds = cutoffs(devices.clone().map(|d| d.bucket), settings.stages);
     // The stages may have been shortened since the rollout reached its stage.
     let mut now = now.clone();
     now.stage = now.stage.min(settings.stages.len().saturating_sub(1));
@@ -208,6 +209,11 @@ mod tests {
     const SETTINGS: Settings<'static> =
         Settings { stages: &[5, 25, 100], failure_threshold: 0.2, advance_ratio: 1.0 };
 
+    fn eval(settings: &Settings<'_>, now: &Position, devices: &[Device]) -> Option<Position> {
+        let bounds = cutoffs(devices.iter().map(|d| d.bucket), settings.stages);
+        evaluate(settings, now, IMAGE, devices.iter(), &bounds)
+    }
+
     fn rolling(stage: usize) -> Position {
         Position { state: RolloutState::Rolling, stage, reason: None }
     }
@@ -224,21 +230,21 @@ mod tests {
         let mut devices: Vec<Device> = (0..1000).map(device).collect();
         let first = cutoffs(devices.iter().map(|d| d.bucket), SETTINGS.stages)[0];
         assert_eq!(devices.iter().filter(|d| d.bucket < first).count(), 50);
-        assert_eq!(evaluate(&SETTINGS, &rolling(0), IMAGE, devices.iter()), None);
+        assert_eq!(eval(&SETTINGS, &rolling(0), &devices), None);
         // All but one device of stage 1 confirmed: stays.
         let stage1: Vec<usize> = (0..1000).filter(|&i| devices[i].bucket < first).collect();
         for &i in &stage1[1..] {
             confirm(&mut devices[i]);
         }
-        assert_eq!(evaluate(&SETTINGS, &rolling(0), IMAGE, devices.iter()), None);
+        assert_eq!(eval(&SETTINGS, &rolling(0), &devices), None);
         confirm(&mut devices[stage1[0]]);
-        let next = evaluate(&SETTINGS, &rolling(0), IMAGE, devices.iter()).unwrap();
+        let next = eval(&SETTINGS, &rolling(0), &devices).unwrap();
         assert_eq!(next, rolling(1));
         // Everyone confirmed: straight through to completed.
         devices.iter_mut().for_each(confirm);
-        let done = evaluate(&SETTINGS, &rolling(0), IMAGE, devices.iter()).unwrap();
+        let done = eval(&SETTINGS, &rolling(0), &devices).unwrap();
         assert_eq!((done.state, done.stage), (RolloutState::Completed, 2));
-        assert_eq!(evaluate(&SETTINGS, &done, IMAGE, devices.iter()), None);
+        assert_eq!(eval(&SETTINGS, &done, &devices), None);
     }
 
     #[test]
@@ -249,14 +255,14 @@ mod tests {
             d.failed = Some(IMAGE);
         }
         // 20% is not above 20%.
-        assert_eq!(evaluate(&all, &rolling(0), IMAGE, devices.iter()), None);
+        assert_eq!(eval(&all, &rolling(0), &devices), None);
         devices[20].failed = Some(IMAGE);
-        let halted = evaluate(&all, &rolling(0), IMAGE, devices.iter()).unwrap();
+        let halted = eval(&all, &rolling(0), &devices).unwrap();
         assert_eq!(halted.state, RolloutState::Halted);
         assert!(halted.reason.unwrap().contains("21 of 100 devices"));
         // A halted rollout stays halted and offers nothing.
         let stopped = Position { state: RolloutState::Halted, stage: 0, reason: None };
-        assert_eq!(evaluate(&all, &stopped, IMAGE, devices.iter()), None);
+        assert_eq!(eval(&all, &stopped, &devices), None);
         assert!(!offered(&stopped, &[10_000], 0));
         assert!(offered(&rolling(0), &[10_000], 9_999));
     }
@@ -268,23 +274,23 @@ mod tests {
         for (i, d) in devices.iter_mut().enumerate() {
             if i < 10 { d.failed = Some(IMAGE) } else { confirm(d) }
         }
-        let next = evaluate(&all, &rolling(0), IMAGE, devices.iter()).unwrap();
+        let next = eval(&all, &rolling(0), &devices).unwrap();
         assert_eq!(next.state, RolloutState::Completed);
     }
 
     #[test]
     fn stages_are_never_empty_and_nothing_completes_without_devices() {
         let all = Settings { stages: &[1, 100], failure_threshold: 0.2, advance_ratio: 1.0 };
-        assert_eq!(evaluate(&all, &rolling(0), IMAGE, std::iter::empty()), None);
+        assert_eq!(eval(&all, &rolling(0), &[]), None);
         // Ten devices: 1 % of them is still one device.
         let mut devices: Vec<Device> = (0..10).map(device).collect();
         let bounds = cutoffs(devices.iter().map(|d| d.bucket), all.stages);
         assert_eq!(devices.iter().filter(|d| d.bucket < bounds[0]).count(), 1);
         assert_eq!(devices.iter().filter(|d| d.bucket < bounds[1]).count(), 10);
-        assert_eq!(evaluate(&all, &rolling(0), IMAGE, devices.iter()), None);
+        assert_eq!(eval(&all, &rolling(0), &devices), None);
         let first = devices.iter().position(|d| d.bucket < bounds[0]).unwrap();
         confirm(&mut devices[first]);
-        assert_eq!(evaluate(&all, &rolling(0), IMAGE, devices.iter()), Some(rolling(1)));
+        assert_eq!(eval(&all, &rolling(0), &devices), Some(rolling(1)));
     }
 
     #[test]
