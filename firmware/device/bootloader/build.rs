@@ -1,5 +1,6 @@
 //! Everything board- and key-specific comes in at build time, from the same files the host tools
-//! use: the flash layout and memory map from `boards/defs/microbit.toml`, and the build keys the
+//! use: the memory map from `boards/defs/microbit.toml` (the layout comes through the `nrf51`
+//! crate, from the same file), and the build keys the
 //! bootloader trusts from `FWI_BOOT_KEYS` (`;`-separated paths of Ed25519 public key PEM files,
 //! as `imager keygen` writes them). Nothing is trusted by default: without keys the build stops.
 
@@ -29,47 +30,9 @@ fn main() {
     );
     std::fs::write(out.join("memory.x"), memory).expect("write memory.x");
     println!("cargo:rustc-link-search={}", out.display());
+    println!("cargo:rustc-link-arg-bins=-Tlink.x");
 
-    let units = board.erase_units();
-    assert!(
-        units.iter().all(|u| u.1 == units[0].1),
-        "{}: this bootloader's generator handles uniform erase units only",
-        board.name
-    );
     let mut layout = String::new();
-    let _ = writeln!(layout, "/// Flash geometry and partitions of board `{}`.", board.name);
-    let _ = writeln!(
-        layout,
-        "pub const SPEC: LayoutSpec<'static> = LayoutSpec {{ base: {:#x}, sectors: &[SectorRun {{ size: {:#x}, count: {} }}], write_unit: {}, erased: {:#x}, slot_a: Region {{ offset: {:#x}, size: {:#x} }}, slot_b: Region {{ offset: {:#x}, size: {:#x} }}, state: Region {{ offset: {:#x}, size: {:#x} }}, header_size: {:#x} }};",
-        board.flash.base,
-        board.erase_units().first().map_or(0, |u| u.1),
-        board.erase_units().len(),
-        board.flash.write_unit,
-        board.flash.erased_value,
-        p.slot_a.offset,
-        p.slot_a.size,
-        p.slot_b.offset,
-        p.slot_b.size,
-        p.state.offset,
-        p.state.size,
-        board.image.header_size,
-    );
-    let _ = writeln!(
-        layout,
-        "/// The board's name, as images name it.\npub const BOARD: &str = {:?};",
-        board.name
-    );
-    let _ = writeln!(
-        layout,
-        "/// Flash size in bytes.\npub const FLASH_SIZE: u32 = {:#x};",
-        board.flash.size
-    );
-    let _ = writeln!(
-        layout,
-        "/// Where the OS's vector table is: slot A's first byte after the image header.\npub const OS_VECTORS: u32 = {:#x};",
-        board.slot_a_address() + board.image.header_size
-    );
-
     let keys = std::env::var("FWI_BOOT_KEYS").unwrap_or_else(|_| {
         panic!("set FWI_BOOT_KEYS to the build public key(s) the bootloader trusts (PEM files from `imager keygen`, `;`-separated)")
     });
@@ -90,5 +53,5 @@ fn main() {
         list.len(),
         list
     );
-    std::fs::write(out.join("board.rs"), layout).expect("write board.rs");
+    std::fs::write(out.join("keys.rs"), layout).expect("write keys.rs");
 }

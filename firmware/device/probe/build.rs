@@ -6,6 +6,7 @@ fn main() {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR").unwrap());
     std::fs::copy("memory.x", out.join("memory.x")).unwrap();
     println!("cargo:rustc-link-search={}", out.display());
+    println!("cargo:rustc-link-arg-bins=-Tlink.x");
     let vector = std::fs::read("src/vector.fwi").unwrap();
     let installed = firmware::image::installed_form(&vector, 0x1_0000, 0xFF).unwrap();
     std::fs::write(out.join("vector.installed"), installed).unwrap();

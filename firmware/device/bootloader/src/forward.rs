@@ -19,5 +19,5 @@ core::arch::global_asm!(
     "  ldr r0, [r0, r1]",
     "  bx r0",
     ".ltorg",
-    table = const crate::board::OS_VECTORS,
+    table = const nrf51::board::OS_VECTORS,
 );
