@@ -47,6 +47,9 @@ pub enum Command {
     Verify(VerifyArgs),
     /// List the known boards, their partitions, and where to link the first component.
     Boards(BoardsArgs),
+    /// Boot an image in QEMU (boards with a qemu_machine): bootloader and installed image laid
+    /// into the flash, the UART on this terminal or a TCP port.
+    Run(RunArgs),
     /// Upload an image file to the ota-server's repository.
     Push(PushArgs),
     /// List the images stored on the ota-server.
@@ -148,6 +151,27 @@ pub struct VerifyArgs {
     /// Ed25519 public key (SPKI PEM) to trust; repeatable.
     #[arg(long, value_name = "PEM", required = true)]
     pub pubkey: Vec<PathBuf>,
+}
+
+/// `imager run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Image file (.fwi); its board says which machine to emulate.
+    pub image: PathBuf,
+    /// Bootloader for the bootloader partition: ELF, Intel HEX or FILE@ADDRESS. Without it the
+    /// partition is left erased (and nothing boots).
+    #[arg(long, value_name = "FILE")]
+    pub bootloader: Option<String>,
+    /// Where the UART goes: stdio, or tcp:PORT (a server on 127.0.0.1 that `imager gateway`
+    /// or a terminal can connect to).
+    #[arg(long, default_value = "stdio")]
+    pub serial: crate::run::Serial,
+    /// The QEMU program.
+    #[arg(long, default_value = "qemu-system-arm", env = "IMAGER_QEMU")]
+    pub qemu: String,
+    /// More QEMU arguments, e.g. --qemu-arg=-icount --qemu-arg=shift=0.
+    #[arg(long = "qemu-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub qemu_args: Vec<String>,
 }
 
 /// `imager boards`.
@@ -482,6 +506,28 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
                 .with_context(|| format!("{}", args.file.display()))?;
             writeln!(out, "{}", verified.id)?;
         }
+        Command::Run(args) => {
+            let file = verify::read_image_file(&args.image)?;
+            let image = firmware::image::TransportImage::parse(&file)
+                .with_context(|| format!("{}", args.image.display()))?;
+            let catalog = catalog()?;
+            let board = catalog
+                .get(image.header().manifest().board())
+                .map_err(|err| anyhow!("{err}; pass its board file's folder with --boards"))?;
+            let bootloader = args
+                .bootloader
+                .as_deref()
+                .map(|b| crate::run::read_bootloader(b, board))
+                .transpose()?;
+            let flash = crate::run::flash_image(board, &file, bootloader.as_ref())
+                .with_context(|| format!("{}", args.image.display()))?;
+            let mut child =
+                crate::run::start(board, &flash, &args.serial, false, &args.qemu, &args.qemu_args)?;
+            let status = child.wait()?;
+            if !status.success() {
+                anyhow::bail!("{} exited with {status}", args.qemu);
+            }
+        }
         Command::Boards(args) => {
             let catalog = catalog()?;
             let views: Vec<BoardView> = catalog.boards().iter().map(BoardView::of).collect();
@@ -562,6 +608,7 @@ fn run_client(command: &Command, out: &mut dyn Write) -> Result<()> {
         | Command::Fuse(_)
         | Command::Inspect(_)
         | Command::Verify(_)
-        | Command::Boards(_) => Err(anyhow!("internal error: {command:?} is not a server command")),
+        | Command::Boards(_)
+        | Command::Run(_) => Err(anyhow!("internal error: {command:?} is not a server command")),
     }
 }

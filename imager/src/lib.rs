@@ -14,5 +14,6 @@ pub mod client;
 pub mod fuse;
 pub mod input;
 pub mod keys;
+pub mod run;
 pub mod verify;
 mod write;
