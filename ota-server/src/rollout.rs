@@ -185,20 +185,7 @@ mod tests {
     const IMAGE: ImageId = ImageId([7; 32]);
 
     fn device(n: usize) -> Device {
-        Device::from_row(DeviceRow {
-            id: format!("dev-{n}"),
-            board: "microbit".into(),
-            environment: "prod".into(),
-            token_hash: [0; 32],
-            enrolled_at: 0,
-            last_seen: None,
-            running: None,
-            confirmed: false,
-            failed_image: None,
-            slot_b: None,
-            last_outcome: None,
-            release_sequence: None,
-        })
+        Device::from_row(DeviceRow::enrolled(&format!("dev-{n}"), "microbit", "prod", [0; 32], 0))
     }
 
     fn confirm(d: &mut Device) {

@@ -830,20 +830,7 @@ impl<S: Store> Service<S> {
             }
         }
         let (token, token_hash) = auth::generate(auth::DEVICE_PREFIX).map_err(Failure::internal)?;
-        let row = DeviceRow {
-            id: new.id.clone(),
-            board: new.board.clone(),
-            environment: new.environment.clone(),
-            token_hash,
-            enrolled_at: now_ms(),
-            last_seen: None,
-            running: None,
-            confirmed: false,
-            failed_image: None,
-            slot_b: None,
-            last_outcome: None,
-            release_sequence: None,
-        };
+        let row = DeviceRow::enrolled(&new.id, &new.board, &new.environment, token_hash, now_ms());
         let detail = serde_json::json!({"board": new.board, "environment": new.environment});
         self.commit_apply(vec![
             Mutation::PutDevice(row),

@@ -45,28 +45,9 @@ fn v1_boots_in_qemu_and_says_its_image_id() {
     );
     let out = build_device();
     let dir = tempfile::tempdir().unwrap();
-    let image = path(&dir, "v1.fwi");
     let key = fixture("keys/openssl-ed25519.pem");
     let (os, app) = (out.join("demo-os"), out.join("demo-app"));
-    ok(
-        None,
-        &[
-            "fuse",
-            "--board",
-            "microbit",
-            "--os",
-            os.to_str().unwrap(),
-            "--app",
-            app.to_str().unwrap(),
-            "--version",
-            "1.0.0",
-            "--key",
-            key.to_str().unwrap(),
-            "--out",
-            &image,
-        ],
-    );
-    let id = json_of(&ok(None, &["inspect", &image, "--json"]))["id"].as_str().unwrap().to_owned();
+    let (image, id) = fuse_files(&dir, key.to_str().unwrap(), &os, &app, "1.0.0", &[]);
 
     // `imager run`, through its library (so that the test holds QEMU itself and ends it).
     let file = std::fs::read(&image).unwrap();
@@ -106,8 +87,4 @@ fn v1_boots_in_qemu_and_says_its_image_id() {
     assert!(found, "no `ready` from the demo OS within 60 s; the UART said: {seen:#?}");
     assert!(seen.iter().any(|l| l.starts_with(&expected)), "{seen:#?}");
     assert!(seen.iter().any(|l| l.contains("app says: demo app")), "{seen:#?}");
-}
-
-fn json_of(text: &str) -> serde_json::Value {
-    serde_json::from_str(text).unwrap()
 }

@@ -116,6 +116,32 @@ pub struct DeviceRow {
     pub release_sequence: Option<u64>,
 }
 
+impl DeviceRow {
+    /// A device just enrolled: nothing reported yet.
+    pub fn enrolled(
+        id: &str,
+        board: &str,
+        environment: &str,
+        token_hash: [u8; 32],
+        enrolled_at: i64,
+    ) -> Self {
+        DeviceRow {
+            id: id.to_owned(),
+            board: board.to_owned(),
+            environment: environment.to_owned(),
+            token_hash,
+            enrolled_at,
+            last_seen: None,
+            running: None,
+            confirmed: false,
+            failed_image: None,
+            slot_b: None,
+            last_outcome: None,
+            release_sequence: None,
+        }
+    }
+}
+
 /// A management token.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TokenRow {

@@ -437,24 +437,9 @@ mod tests {
     use super::*;
 
     fn device(n: usize) -> DeviceRow {
-        DeviceRow {
-            id: format!("d-{n}"),
-            board: "microbit".into(),
-            environment: "test".into(),
-            token_hash: {
-                let mut h = [0u8; 32];
-                h[..8].copy_from_slice(&(n as u64).to_le_bytes());
-                h
-            },
-            enrolled_at: 1,
-            last_seen: None,
-            running: None,
-            confirmed: false,
-            failed_image: None,
-            slot_b: None,
-            last_outcome: None,
-            release_sequence: None,
-        }
+        let mut token_hash = [0u8; 32];
+        token_hash[..8].copy_from_slice(&(n as u64).to_le_bytes());
+        DeviceRow::enrolled(&format!("d-{n}"), "microbit", "test", token_hash, 1)
     }
 
     #[tokio::test]

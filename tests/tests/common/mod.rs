@@ -206,7 +206,6 @@ pub fn fuse(dir: &TempDir, key: &str, version: &str) -> (String, String) {
 /// header: a swap that mixed up pages would not verify).
 pub fn fuse_with(dir: &TempDir, key: &str, version: &str, counter: u32) -> (String, String) {
     use sha2::{Digest, Sha256};
-    let out = path(dir, &format!("microbit-{version}.fwi"));
     let data = path(dir, &format!("data-{version}.bin"));
     let mut bytes = Vec::new();
     let mut block: [u8; 32] = Sha256::digest(version.as_bytes()).into();
@@ -216,31 +215,28 @@ pub fn fuse_with(dir: &TempDir, key: &str, version: &str, counter: u32) -> (Stri
     }
     std::fs::write(&data, &bytes).unwrap();
     let (os, app) = (fixture("microbit/os.elf"), fixture("microbit/app.elf"));
-    let (os, app) = (os.to_str().unwrap(), app.to_str().unwrap());
     let counter = counter.to_string();
     let data_arg = format!("version={data}@0x20000");
-    ok(
-        None,
-        &[
-            "fuse",
-            "--board",
-            "microbit",
-            "--os",
-            os,
-            "--app",
-            app,
-            "--data",
-            &data_arg,
-            "--version",
-            version,
-            "--security-counter",
-            &counter,
-            "--key",
-            key,
-            "--out",
-            &out,
-        ],
-    );
+    fuse_files(dir, key, &os, &app, version, &["--data", &data_arg, "--security-counter", &counter])
+}
+
+/// Fuses `os` and `app` (ELF files) for the micro:bit as `version`, signed with `key`, with
+/// `extra` fuse arguments; returns the file and its image id.
+pub fn fuse_files(
+    dir: &TempDir,
+    key: &str,
+    os: &Path,
+    app: &Path,
+    version: &str,
+    extra: &[&str],
+) -> (String, String) {
+    let out = path(dir, &format!("microbit-{version}.fwi"));
+    let (os, app) = (os.to_str().unwrap(), app.to_str().unwrap());
+    let mut args =
+        vec!["fuse", "--board", "microbit", "--os", os, "--app", app, "--version", version];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--key", key, "--out", &out]);
+    ok(None, &args);
     let summary: Value = serde_json::from_str(&ok(None, &["inspect", &out, "--json"])).unwrap();
     (out, summary["id"].as_str().unwrap().to_owned())
 }
