@@ -16,6 +16,8 @@ extern crate std;
 pub mod boot;
 pub mod flash;
 pub mod image;
+pub mod link;
+pub mod provision;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod slot;

@@ -50,6 +50,9 @@ pub enum Command {
     /// Boot an image in QEMU (boards with a qemu_machine): bootloader and installed image laid
     /// into the flash, the UART on this terminal or a TCP port.
     Run(RunArgs),
+    /// Bridge a device's serial link to the ota-server's device API: check-ins, events and the
+    /// offered image in chunks; the device's console text is printed.
+    Gateway(GatewayArgs),
     /// Upload an image file to the ota-server's repository.
     Push(PushArgs),
     /// List the images stored on the ota-server.
@@ -172,6 +175,24 @@ pub struct RunArgs {
     /// More QEMU arguments, e.g. --qemu-arg=-icount --qemu-arg=shift=0.
     #[arg(long = "qemu-arg", value_name = "ARG", allow_hyphen_values = true)]
     pub qemu_args: Vec<String>,
+}
+
+/// `imager gateway`.
+#[derive(Args, Debug)]
+pub struct GatewayArgs {
+    /// The device's serial line, exposed over TCP: tcp:HOST:PORT (as `imager run --serial
+    /// tcp:PORT` offers it).
+    #[arg(long, value_name = "tcp:HOST:PORT")]
+    pub serial: String,
+    /// Seconds a device told "nothing on offer" waits before checking in again.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub interval: u16,
+    /// Seconds to keep trying to connect to the serial line.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub connect_timeout: u64,
+    /// The server, and the device's token (`imager device add` prints it).
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 /// `imager boards`.
@@ -521,12 +542,30 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
                 .transpose()?;
             let flash = crate::run::flash_image(board, &file, bootloader.as_ref())
                 .with_context(|| format!("{}", args.image.display()))?;
-            let mut child =
-                crate::run::start(board, &flash, &args.serial, false, &args.qemu, &args.qemu_args)?;
-            let status = child.wait()?;
+            let start = || crate::run::Machine::start(board, &flash, &args.qemu, &args.qemu_args);
+            let status = match args.serial {
+                crate::run::Serial::Stdio => crate::run::console(&mut start()?)?,
+                crate::run::Serial::Tcp(port) => crate::run::relay(port, start)?,
+            };
             if !status.success() {
                 anyhow::bail!("{} exited with {status}", args.qemu);
             }
+        }
+        Command::Gateway(args) => {
+            let address = args
+                .serial
+                .strip_prefix("tcp:")
+                .ok_or_else(|| anyhow!("--serial {:?}: expected tcp:HOST:PORT", args.serial))?;
+            let client = Client::new(args.server.server.as_deref(), args.server.token.as_deref())?;
+            let mut stream = crate::gateway::connect(
+                address,
+                std::time::Duration::from_secs(args.connect_timeout),
+            )?;
+            let mut gateway = crate::gateway::Gateway::new(client, args.interval.max(1));
+            let mut notes = std::io::stderr();
+            let mut output = crate::gateway::Output { console: out, notes: &mut notes };
+            gateway.serve(&mut stream, &mut output)?;
+            writeln!(notes, "gateway: the serial line closed")?;
         }
         Command::Boards(args) => {
             let catalog = catalog()?;
@@ -609,6 +648,9 @@ fn run_client(command: &Command, out: &mut dyn Write) -> Result<()> {
         | Command::Inspect(_)
         | Command::Verify(_)
         | Command::Boards(_)
-        | Command::Run(_) => Err(anyhow!("internal error: {command:?} is not a server command")),
+        | Command::Run(_)
+        | Command::Gateway(_) => {
+            Err(anyhow!("internal error: {command:?} is not a server command"))
+        }
     }
 }

@@ -158,6 +158,46 @@ impl Client {
         Ok((status, decode("POST", path, &body)?))
     }
 
+    /// `POST /api/v1{path}` with a JSON body, for answers without a body (204).
+    pub fn post_quiet<B: Serialize>(&self, path: &str, body: &B) -> Result<()> {
+        let json = serde_json::to_vec(body).context("cannot encode the request")?;
+        let answer = self
+            .agent
+            .post(self.url(path))
+            .header("Authorization", &self.authorization)
+            .content_type("application/json")
+            .send(&json);
+        self.finish("POST", path, answer).map(|_| ())
+    }
+
+    /// `GET` of a server-relative URL as the server names them (`/api/v1/...`), from byte
+    /// `from` (a `Range` request when not 0): the bytes, at most `limit` of them.
+    pub fn download(&self, url: &str, from: u64, limit: u64) -> Result<Vec<u8>> {
+        if !url.starts_with('/') {
+            bail!("the server named a download URL that is not server-relative: {url:?}");
+        }
+        let mut request = self
+            .agent
+            .get(format!("{}{url}", self.base))
+            .header("Authorization", &self.authorization);
+        if from > 0 {
+            request = request.header("Range", format!("bytes={from}-"));
+        }
+        let mut response = request.call().map_err(|err| self.transport_error(err))?;
+        let status = response.status().as_u16();
+        let expected = if from > 0 { 206 } else { 200 };
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(limit)
+            .read_to_vec()
+            .map_err(|err| self.transport_error(err))?;
+        if status != expected {
+            return Err(status_error(status, &body, "GET", url));
+        }
+        Ok(body)
+    }
+
     /// `POST /api/v1/images` with an image file's bytes; a progress bar on stderr when
     /// `progress` is set. Returns the status (201 new, 200 already stored) and the image.
     pub fn upload(&self, bytes: &[u8], progress: bool) -> Result<(u16, ImageInfo)> {

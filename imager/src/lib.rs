@@ -12,6 +12,7 @@ mod board_list;
 pub mod cli;
 pub mod client;
 pub mod fuse;
+pub mod gateway;
 pub mod input;
 pub mod keys;
 pub mod run;

@@ -60,9 +60,10 @@ pub fn read_bootloader(spec: &str, board: &Board) -> Result<Input> {
 /// Where the UART goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Serial {
-    /// This terminal.
+    /// This terminal: console text shown, link frames hidden, keys typed sent.
     Stdio,
-    /// A TCP server on loopback at this port (`--serial tcp:PORT`).
+    /// A TCP server on loopback at this port (`--serial tcp:PORT`) relaying the raw UART; the
+    /// machine starts once the first client (say, `imager gateway`) connected.
     Tcp(u16),
 }
 
@@ -80,42 +81,216 @@ impl std::str::FromStr for Serial {
     }
 }
 
-/// Starts QEMU for `board` with `flash` loaded; returns the running process. Its UART goes to
-/// `serial` (with [`Serial::Stdio`] and `capture`, to the child's stdout pipe instead of this
-/// process's); `extra` arguments are passed on (e.g. `-icount shift=0`).
-pub fn start(
-    board: &Board,
-    flash: &[u8],
-    serial: &Serial,
-    capture: bool,
-    qemu: &str,
-    extra: &[String],
-) -> Result<Child> {
-    let machine = board.qemu_machine.as_deref().ok_or_else(|| {
-        anyhow!("board {} has no qemu_machine: it cannot run in QEMU", board.name)
-    })?;
-    // A free port for the gdbstub, loopback only.
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let serial_arg = match serial {
-        Serial::Stdio => "stdio".to_owned(),
-        Serial::Tcp(p) => format!("tcp:127.0.0.1:{p},server=on,wait=off"),
-    };
-    let mut child = Command::new(qemu)
-        .args(["-M", machine, "-display", "none", "-monitor", "none", "-S"])
-        .args(["-gdb", &format!("tcp:127.0.0.1:{port}"), "-serial", &serial_arg])
-        .args(extra)
-        .stdin(if *serial == Serial::Stdio && !capture { Stdio::inherit() } else { Stdio::null() })
-        .stdout(if capture { Stdio::piped() } else { Stdio::inherit() })
-        .spawn()
-        .with_context(|| {
+/// QEMU running a board, its UART connected to this process. Dropping it stops QEMU; so does
+/// this process dying (on Linux QEMU gets SIGKILL when its parent goes).
+pub struct Machine {
+    child: Child,
+    uart: TcpStream,
+}
+
+impl Machine {
+    /// Starts QEMU for `board` with `flash` loaded and lets it run; `extra` arguments are
+    /// passed on (e.g. `-icount shift=0`).
+    pub fn start(board: &Board, flash: &[u8], qemu: &str, extra: &[String]) -> Result<Machine> {
+        let machine = board.qemu_machine.as_deref().ok_or_else(|| {
+            anyhow!("board {} has no qemu_machine: it cannot run in QEMU", board.name)
+        })?;
+        // Free ports on loopback: the gdbstub's, and ours that QEMU's UART connects to.
+        let gdb_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let uart_listener = TcpListener::bind("127.0.0.1:0")?;
+        let uart_port = uart_listener.local_addr()?.port();
+        let mut command = qemu_command(qemu);
+        command
+            .args(["-M", machine, "-display", "none", "-monitor", "none", "-S"])
+            .args(["-gdb", &format!("tcp:127.0.0.1:{gdb_port}")])
+            .args(["-serial", &format!("tcp:127.0.0.1:{uart_port}")])
+            .args(extra)
+            .stdin(Stdio::null());
+        let mut child = command.spawn().with_context(|| {
             format!("cannot start {qemu} (Debian: apt-get install qemu-system-arm)")
         })?;
-    if let Err(e) = load(port, u64::from(board.flash.base), flash) {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(e);
+        let uart = match accept_uart(&uart_listener, &mut child) {
+            Ok(uart) => uart,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e).with_context(|| format!("{qemu} did not connect its UART"));
+            }
+        };
+        // From here on, dropping `machine` stops QEMU whatever fails.
+        let machine = Machine { child, uart };
+        machine.uart.set_nodelay(true)?;
+        load(gdb_port, u64::from(board.flash.base), flash)?;
+        Ok(machine)
     }
-    Ok(child)
+
+    /// The UART: bytes the device sends, and a way to send it bytes.
+    pub fn uart(&self) -> Result<TcpStream> {
+        Ok(self.uart.try_clone()?)
+    }
+
+    /// Waits for QEMU to exit.
+    pub fn wait(&mut self) -> Result<std::process::ExitStatus> {
+        Ok(self.child.wait()?)
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The command that runs `qemu`: on Linux through util-linux's `setpriv --pdeathsig KILL`
+/// when it is there, so that the kernel kills QEMU if this process dies (even by a signal it
+/// cannot catch); QEMU must never outlive `imager run`.
+fn qemu_command(qemu: &str) -> Command {
+    let setpriv = cfg!(target_os = "linux")
+        && Command::new("setpriv")
+            .arg("--help")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+    if setpriv {
+        let mut command = Command::new("setpriv");
+        command.args(["--pdeathsig", "KILL", "--", qemu]);
+        command
+    } else {
+        Command::new(qemu)
+    }
+}
+
+/// Takes QEMU's UART connection, unless QEMU exits first or takes more than 10 s.
+fn accept_uart(listener: &TcpListener, child: &mut Child) -> Result<TcpStream> {
+    listener.set_nonblocking(true)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                stream.set_nonblocking(false)?;
+                return Ok(stream);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e.into()),
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("it exited with {status}");
+        }
+        if Instant::now() > deadline {
+            bail!("no connection within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Shows the machine's console on this terminal until QEMU exits: text printed, link frames
+/// left out, typed bytes sent to the UART.
+pub fn console(machine: &mut Machine) -> Result<std::process::ExitStatus> {
+    let mut uart = machine.uart()?;
+    let mut to_uart = machine.uart()?;
+    std::thread::spawn(move || std::io::copy(&mut std::io::stdin(), &mut to_uart));
+    let mut lines = TextLines::default();
+    let mut stdout = std::io::stdout();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = match uart.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        for line in lines.push(&buf[..n]) {
+            writeln!(stdout, "{line}")?;
+        }
+        stdout.flush()?;
+    }
+    machine.wait()
+}
+
+/// Relays the raw UART to TCP clients on 127.0.0.1:`port`. The machine is started (by
+/// `start`) once the first client connected, so that it sees every byte; later clients take
+/// over from earlier ones. Returns when QEMU exits.
+pub fn relay(
+    port: u16,
+    start: impl FnOnce() -> Result<Machine>,
+) -> Result<std::process::ExitStatus> {
+    let listener = TcpListener::bind(("127.0.0.1", port))
+        .with_context(|| format!("cannot listen on 127.0.0.1:{port}"))?;
+    eprintln!(
+        "imager: UART on tcp:127.0.0.1:{port}; waiting for a client (e.g. imager gateway --serial tcp:127.0.0.1:{port} ...)"
+    );
+    let (first, _) = listener.accept()?;
+    first.set_nodelay(true)?;
+    let mut machine = start()?;
+    let uart = machine.uart()?;
+    let current = std::sync::Arc::new(std::sync::Mutex::new(None::<TcpStream>));
+    let attach = {
+        let current = current.clone();
+        move |client: TcpStream| -> Result<()> {
+            let mut from_client = client.try_clone()?;
+            let mut to_uart = uart.try_clone()?;
+            std::thread::spawn(move || std::io::copy(&mut from_client, &mut to_uart));
+            *current.lock().map_err(|_| anyhow!("relay state poisoned"))? = Some(client);
+            eprintln!("imager: serial client connected");
+            Ok(())
+        }
+    };
+    attach(first)?;
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let _ = client.set_nodelay(true);
+            if attach(client).is_err() {
+                break;
+            }
+        }
+    });
+    let mut from_uart = machine.uart()?;
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = match from_uart.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let mut slot = current.lock().map_err(|_| anyhow!("relay state poisoned"))?;
+        if let Some(client) = slot.as_mut()
+            && client.write_all(&buf[..n]).is_err()
+        {
+            // The client left; what the device says until the next one connects is dropped.
+            *slot = None;
+            eprintln!("imager: serial client disconnected");
+        }
+    }
+    machine.wait()
+}
+
+/// Console text from UART bytes: pieces between zero bytes that are not link frames, split
+/// into lines.
+#[derive(Default)]
+pub struct TextLines {
+    piece: Vec<u8>,
+}
+
+impl TextLines {
+    /// Takes bytes; returns the text lines they completed.
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<String> {
+        let mut lines = Vec::new();
+        for &b in bytes {
+            if b != 0 {
+                if self.piece.len() < 1 << 16 {
+                    self.piece.push(b);
+                }
+                continue;
+            }
+            let mut piece = std::mem::take(&mut self.piece);
+            let text = piece.clone();
+            if piece.is_empty() || firmware::link::unframe(&mut piece).is_ok() {
+                continue;
+            }
+            let text = String::from_utf8_lossy(&text);
+            lines.extend(text.lines().map(|l| l.trim_end_matches('\r').to_owned()));
+        }
+        lines
+    }
 }
 
 /// Writes `flash` at `base` through QEMU's gdbstub, resets the machine (so it starts from the

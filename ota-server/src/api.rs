@@ -384,50 +384,8 @@ pub struct DeviceDetail {
     pub events: Vec<DeviceEvent>,
 }
 
-/// What a device reports about one update step.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EventKind {
-    /// Started (or resumed) downloading.
-    Downloading,
-    /// Downloaded, verified and marked pending.
-    Installed,
-    /// Booted the new image on trial.
-    Booted,
-    /// Confirmed the new image.
-    Confirmed,
-    /// The bootloader reverted the new image.
-    Reverted,
-    /// Refused or failed the update; `detail` says why.
-    Failed,
-}
-
-impl EventKind {
-    /// The lowercase name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::Downloading => "downloading",
-            EventKind::Installed => "installed",
-            EventKind::Booted => "booted",
-            EventKind::Confirmed => "confirmed",
-            EventKind::Reverted => "reverted",
-            EventKind::Failed => "failed",
-        }
-    }
-
-    /// Parses a kind name.
-    pub fn parse(name: &str) -> Option<Self> {
-        Some(match name {
-            "downloading" => EventKind::Downloading,
-            "installed" => EventKind::Installed,
-            "booted" => EventKind::Booted,
-            "confirmed" => EventKind::Confirmed,
-            "reverted" => EventKind::Reverted,
-            "failed" => EventKind::Failed,
-            _ => return None,
-        })
-    }
-}
+/// What a device reports about one update step (defined with the serial link's messages).
+pub use firmware::link::EventKind;
 
 /// A device event as stored.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -485,6 +443,40 @@ pub struct CheckIn {
     /// The last release sequence applied.
     #[serde(default)]
     pub release_sequence: Option<u64>,
+}
+
+impl CheckIn {
+    /// The check-in of a device whose update status (read from its flash) is `status`: how
+    /// the serial gateway and the fleet simulator turn a device's status into a report.
+    pub fn from_status(status: &firmware::update::Status) -> Self {
+        use firmware::update::SlotB;
+        let (state, image) = match status.slot_b {
+            SlotB::Unknown => ("unknown", None),
+            SlotB::Previous(id) => ("previous", Some(id.to_string())),
+            SlotB::Downloading(..) => ("downloading", None),
+            SlotB::Pending(_) => ("pending", None),
+        };
+        CheckIn {
+            image_id: status.running.as_ref().map(|(id, _)| id.to_string()),
+            trial: status.trial,
+            slot_b: Some(SlotBReport { state: state.into(), image_id: image }),
+            last_outcome: status.outcome.map(outcome_text),
+            release_sequence: Some(status.release_sequence),
+        }
+    }
+}
+
+/// A device's last outcome in words (at most 128 bytes, as a check-in allows).
+pub fn outcome_text(outcome: firmware::state::Outcome) -> String {
+    use firmware::state::OutcomeKind;
+    let tag = outcome.image;
+    let mut text = match outcome.kind {
+        OutcomeKind::Updated => format!("updated to {tag}"),
+        OutcomeKind::Reverted(r) => format!("reverted {tag}: {r:?}"),
+        OutcomeKind::Failed(r) => format!("failed {tag}: {r:?}"),
+    };
+    text.truncate(128);
+    text
 }
 
 /// The answer to a check-in.

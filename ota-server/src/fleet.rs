@@ -74,6 +74,9 @@ pub struct Device {
     pub seen_dirty: bool,
     /// A change to `row` was applied here but its write failed: the next report rewrites it.
     pub unsaved: bool,
+    /// The last step it reported: devices repeat a report they are not sure arrived, and a
+    /// repeat is recorded once.
+    pub last_event: Option<(ImageId, crate::api::EventKind)>,
 }
 
 impl Device {
@@ -85,6 +88,7 @@ impl Device {
             failed: row.failed_image.as_deref().and_then(ImageId::from_hex),
             seen_dirty: false,
             unsaved: false,
+            last_event: None,
             row,
         }
     }
@@ -258,8 +262,10 @@ impl Fleet {
                         self.device_by_token.remove(&old);
                         self.device_by_token.insert(row.token_hash, i);
                     }
-                    let dirty = self.devices[i].seen_dirty;
-                    self.devices[i] = Device { seen_dirty: dirty, ..Device::from_row(row.clone()) };
+                    let (dirty, last_event) =
+                        (self.devices[i].seen_dirty, self.devices[i].last_event);
+                    self.devices[i] =
+                        Device { seen_dirty: dirty, last_event, ..Device::from_row(row.clone()) };
                 }
                 None => {
                     let i = self.devices.len();

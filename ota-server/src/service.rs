@@ -1107,6 +1107,10 @@ impl<S: Store> Service<S> {
         let batch = {
             let mut fleet = self.fleet();
             let d = &fleet.devices[device];
+            // The same step again (the device did not hear that it arrived): not logged twice,
+            // but applied again, which is harmless and may now count (say, a confirmation of
+            // an image released since).
+            let repeat = d.last_event == Some((image, event.kind)) && !d.unsaved;
             let mut row = d.row.clone();
             let (env, board) = (row.environment.clone(), row.board.clone());
             let kind = event.kind.as_str();
@@ -1129,13 +1133,16 @@ impl<S: Store> Service<S> {
                 }
                 api::EventKind::Downloading | api::EventKind::Installed => {}
             }
-            let mut batch = vec![Mutation::InsertEvent(EventRow {
-                device: row.id.clone(),
-                at: now_ms(),
-                image_id: image.to_string(),
-                kind: kind.to_owned(),
-                detail: event.detail.clone(),
-            })];
+            let mut batch = Vec::new();
+            if !repeat {
+                batch.push(Mutation::InsertEvent(EventRow {
+                    device: row.id.clone(),
+                    at: now_ms(),
+                    image_id: image.to_string(),
+                    kind: kind.to_owned(),
+                    detail: event.detail.clone(),
+                }));
+            }
             if row != d.row {
                 let m = Mutation::PutDevice(row);
                 fleet.apply(&m).map_err(Failure::internal)?;
@@ -1148,7 +1155,11 @@ impl<S: Store> Service<S> {
             batch
         };
         batch.iter().for_each(log_move);
-        self.commit_report(device, batch).await?;
+        if !batch.is_empty() {
+            self.commit_report(device, batch).await?;
+        }
+        // Only once it is on disk: a report that failed to save must be taken again.
+        self.fleet().devices[device].last_event = Some((image, event.kind));
         self.metrics.events.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

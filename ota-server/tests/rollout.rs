@@ -487,3 +487,20 @@ fn claims_do_not_open_the_gate_and_empty_fleets_do_not_complete() {
     let offered = tokens.iter().filter(|t| !server.checkin(t, None).is_null()).count();
     assert_eq!(offered, 1, "5 % of 20 devices");
 }
+
+#[test]
+fn a_repeated_report_is_recorded_once() {
+    // Devices repeat a report whose answer they did not hear (a serial link, a reset).
+    let server = Server::start();
+    let v1 = image("1.0.0");
+    assert_eq!(server.upload(&server.admin, &v1.bytes).status, 201);
+    let id = v1.id.to_string();
+    let device = server.enroll("d-1", "dev");
+    for kind in ["downloading", "downloading", "failed", "failed", "downloading"] {
+        server.event(&device, &id, kind);
+    }
+    let d = server.get("/api/v1/devices/d-1", &server.admin).json();
+    let kinds: Vec<&str> =
+        d["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["downloading", "failed", "downloading"], "newest first");
+}

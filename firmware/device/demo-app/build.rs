@@ -2,7 +2,7 @@
 //! after it; no RAM sections (the app has no static data).
 fn main() {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR").unwrap());
-    let script = "MEMORY { FLASH : ORIGIN = 0x20000, LENGTH = 0x6C00 }
+    let script = "MEMORY { FLASH : ORIGIN = 0x24000, LENGTH = 0x2C00 }
 ENTRY(APP)
 SECTIONS {
   .app_table : { KEEP(*(.app_table)) } > FLASH

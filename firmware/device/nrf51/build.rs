@@ -47,6 +47,11 @@ fn main() {
     );
     let _ = writeln!(
         s,
+        "/// The provisioning record's erase unit: the bootloader partition's last.\npub const PROVISION: u32 = {:#x};",
+        p.bootloader.offset + p.bootloader.size - units[0].1
+    );
+    let _ = writeln!(
+        s,
         "/// Where the OS's vector table is: slot A's first byte after the image header.\npub const OS_VECTORS: u32 = {:#x};",
         board.slot_a_address() + board.image.header_size
     );

@@ -7,7 +7,9 @@ use sha2::{Digest, Sha256};
 ///
 /// The manifest lists every component's address, length and hash, so the id names the exact
 /// installed content; the same id in test and in production means the same bytes.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct ImageId(pub [u8; 32]);
 
 impl ImageId {

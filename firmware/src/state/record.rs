@@ -16,7 +16,7 @@ const PAYLOAD: usize = 27;
 const CRC: Crc<u32, NoTable> = Crc::<u32, NoTable>::new(&CRC_32_ISO_HDLC);
 
 /// The first 8 bytes of an image id: enough to tell images apart in the log.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ImageTag(pub [u8; 8]);
 
 impl ImageTag {
@@ -35,7 +35,7 @@ impl core::fmt::Display for ImageTag {
 }
 
 /// How the last update attempt ended.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
 pub enum OutcomeKind {
     /// The new image was confirmed and is now permanent.
     Updated,
@@ -46,7 +46,7 @@ pub enum OutcomeKind {
 }
 
 /// Why the boot logic reverted.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
 pub enum RevertReason {
     /// The trial image did not confirm itself within its trial boots.
     NotConfirmed,
@@ -55,7 +55,7 @@ pub enum RevertReason {
 }
 
 /// Why an update was abandoned after writing began.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
 pub enum FailReason {
     /// The downloaded image did not verify (hash or length).
     Corrupt,
@@ -66,7 +66,7 @@ pub enum FailReason {
 }
 
 /// The outcome of the last update attempt, for `status()` and reporting.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Outcome {
     /// What happened.
     pub kind: OutcomeKind,

@@ -206,6 +206,9 @@ impl<'w, 'l> Agent<'w, 'l> {
     /// An agent. `window` is the heatshrink decoder's RAM: [`crate::image::MAX_WINDOW`] bytes take every
     /// image; a device short of RAM may lend less (at least 256 bytes) and is then refused
     /// images compressed with a larger window.
+    // Not inlined: on a device its temporaries (header, manifest, buffers) must leave the
+    // stack when it returns, not stay in the caller's frame.
+    #[inline(never)]
     pub fn new<F: NorFlash>(
         flash: &mut F,
         layout: &'l FlashLayout,
@@ -241,6 +244,9 @@ impl<'w, 'l> Agent<'w, 'l> {
 
     /// Takes an offer: checks the signed release statement, and either starts a download or,
     /// for the release a reset interrupted, continues it.
+    // Not inlined: on a device its temporaries (header, manifest, buffers) must leave the
+    // stack when it returns, not stay in the caller's frame.
+    #[inline(never)]
     pub fn begin<F: NorFlash>(
         &mut self,
         flash: &mut F,
@@ -314,6 +320,7 @@ impl<'w, 'l> Agent<'w, 'l> {
 
     /// Continues `download` from `checkpoint`: rebuilds the decoder's window and the hash of the
     /// component so far from what slot B holds.
+    #[inline(never)] // see `begin`
     fn resume<F: NorFlash>(
         &mut self,
         flash: &mut F,
@@ -383,6 +390,9 @@ impl<'w, 'l> Agent<'w, 'l> {
 
     /// Feeds the next bytes of the `.fwi` (any size, in order). After an error the download
     /// stops here (a resumable one can be taken up again with `begin`).
+    // Not inlined: on a device its temporaries (header, manifest, buffers) must leave the
+    // stack when it returns, not stay in the caller's frame.
+    #[inline(never)]
     pub fn feed<F: NorFlash>(&mut self, flash: &mut F, bytes: &[u8]) -> Result<(), UpdateError> {
         let result = self.feed_all(flash, bytes);
         if result.is_err() {
@@ -434,6 +444,7 @@ impl<'w, 'l> Agent<'w, 'l> {
     }
 
     /// Checks a complete header and, if everything is acceptable, starts writing.
+    #[inline(never)] // see `begin`
     fn accept_header<F: NorFlash>(&mut self, flash: &mut F, len: usize) -> Result<(), UpdateError> {
         let release = self.release.ok_or(UpdateError::NotStarted)?;
         let header = Header::parse(&self.header[..len]).map_err(Refusal::from)?;
@@ -505,6 +516,7 @@ impl<'w, 'l> Agent<'w, 'l> {
     }
 
     /// Decodes payload bytes of the current component into slot B; returns how many were used.
+    #[inline(never)] // see `begin`
     fn feed_payload<F: NorFlash>(
         &mut self,
         flash: &mut F,
@@ -616,6 +628,9 @@ impl<'w, 'l> Agent<'w, 'l> {
 
     /// Ends the download: reads the whole image back from slot B and checks it, then marks it
     /// pending: the boot logic swaps it in at the next reset.
+    // Not inlined: on a device its temporaries (header, manifest, buffers) must leave the
+    // stack when it returns, not stay in the caller's frame.
+    #[inline(never)]
     pub fn finish<F: NorFlash>(&mut self, flash: &mut F) -> Result<ImageId, UpdateError> {
         let release = self.release.ok_or(UpdateError::NotStarted)?;
         let mut body = match core::mem::replace(&mut self.stage, Stage::Idle) {

@@ -60,7 +60,7 @@ pub fn confirm<F: NorFlash>(
 /// The running image, both slots and the last outcome, for the OS to report. (An offer refused
 /// before anything was written leaves no trace in flash: the agent that refused it says why,
 /// [`Agent::last_refusal`].)
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Status {
     /// The image in slot A (from its header), if readable.
     pub running: Option<(ImageId, Version)>,
@@ -77,7 +77,7 @@ pub struct Status {
 }
 
 /// What slot B holds.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
 pub enum SlotB {
     /// Nothing known.
     Unknown,

@@ -18,9 +18,9 @@ use firmware::image::{ImageId, MAX_WINDOW};
 use firmware::sim::device::SimDevice;
 use firmware::sim::{Cut, CutKind, Rng};
 use firmware::state::{FailReason, ImageTag, OutcomeKind, RevertReason};
-use firmware::update::{Agent, AgentConfig, SlotB, UpdateError};
+use firmware::update::{Agent, AgentConfig, UpdateError};
 use hyper::{Method, StatusCode};
-use ota_server::api::{self, CheckIn, EventKind, NewEvent, SlotBReport};
+use ota_server::api::{self, CheckIn, EventKind, NewEvent};
 use sha2::{Digest, Sha256};
 
 use super::client::Client;
@@ -145,18 +145,6 @@ fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
 
-/// At most 128 bytes (what the server takes), on a character boundary.
-fn truncate(mut text: String) -> String {
-    if text.len() > 128 {
-        let mut end = 128;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
-    text
-}
-
 impl SimulatedDevice {
     /// A device over `device` (already provisioned).
     pub fn new(
@@ -255,39 +243,13 @@ impl SimulatedDevice {
         None
     }
 
-    /// The last outcome, as the OS reads it from flash.
-    fn outcome_text(outcome: Option<firmware::state::Outcome>) -> Option<String> {
-        let o = outcome?;
-        let tag = hex::encode(o.image.0);
-        Some(truncate(match o.kind {
-            OutcomeKind::Updated => format!("updated to {tag}"),
-            OutcomeKind::Reverted(r) => format!("reverted {tag}: {r:?}"),
-            OutcomeKind::Failed(r) => format!("failed {tag}: {r:?}"),
-        }))
-    }
-
     /// What the device reports at check-in, all read from flash.
     fn report(&mut self) -> CheckIn {
-        let Ok(status) = self.device.status() else {
-            return CheckIn {
-                last_outcome: Some("state log unreadable".into()),
-                ..CheckIn::default()
-            };
-        };
-        let slot_b = match status.slot_b {
-            SlotB::Unknown => SlotBReport { state: "unknown".into(), image_id: None },
-            SlotB::Previous(id) => {
-                SlotBReport { state: "previous".into(), image_id: Some(id.to_string()) }
+        match self.device.status() {
+            Ok(status) => CheckIn::from_status(&status),
+            Err(_) => {
+                CheckIn { last_outcome: Some("state log unreadable".into()), ..CheckIn::default() }
             }
-            SlotB::Downloading(..) => SlotBReport { state: "downloading".into(), image_id: None },
-            SlotB::Pending(_) => SlotBReport { state: "pending".into(), image_id: None },
-        };
-        CheckIn {
-            image_id: status.running.map(|(id, _)| id.to_string()),
-            trial: status.trial,
-            slot_b: Some(slot_b),
-            last_outcome: Self::outcome_text(status.outcome),
-            release_sequence: Some(status.release_sequence),
         }
     }
 

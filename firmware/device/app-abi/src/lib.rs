@@ -6,7 +6,7 @@
 #![no_std]
 
 /// Where the app's table is: the app component's load address.
-pub const APP_TABLE: u32 = 0x0002_0000;
+pub const APP_TABLE: u32 = 0x0002_4000;
 /// "APP1".
 pub const MAGIC: u32 = 0x3150_5041;
 /// Changes when the table changes incompatibly.

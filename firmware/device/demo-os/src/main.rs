@@ -1,77 +1,118 @@
 //! The demo OS for the micro:bit. It runs from slot A, where the bootloader handed over: it
 //! says on UART0 which image it is (id, version, trial or confirmed), calls the demo app
-//! through its table, runs the app's self-test and, on a new image on trial, confirms it only
-//! if the self-test passes — otherwise it leaves it to the bootloader to revert at the next
-//! reset.
+//! through its table and runs the app's self-test. A new image on trial is confirmed only if
+//! the self-test passes; otherwise the OS resets, and the bootloader reverts it once its trial
+//! boots are used up. Then it checks in with the server through the gateway on the same UART
+//! (`updater`), and installs what it is offered.
+//!
+//! RAM (16 KiB): the update agent (about 2.3 KiB), its heatshrink window (2 KiB), the link's
+//! receive buffer (640 B) and the Ed25519 verification's stack (about 9.2 KiB) while an offer
+//! is checked. At "ready" and after each update round the OS can say how much stack it has
+//! used (`stack`): the bytes below it are painted at boot and the untouched ones counted.
 #![no_std]
 #![no_main]
 
-use core::fmt::Write;
+mod link;
+mod reason;
+mod stack;
+mod updater;
 
 use app_abi::{ABI_VERSION, APP_TABLE, AppTable, MAGIC};
 use cortex_m_rt::entry;
 use firmware::flash::FlashLayout;
-use firmware::image::MAX_HEADER_LEN;
-use firmware::slot::{Place, read_header};
-use firmware::update::{Confirmation, confirm, status};
+use firmware::link::EventKind;
+use firmware::provision::Provision;
+use firmware::state::{ImageTag, OutcomeKind};
+use firmware::update::{Confirmation, SlotB, confirm, status};
 use nrf51::board;
+use nrf51::timer::Clock;
 use nrf51::uart::Uart;
+
+use crate::link::Link;
+use crate::updater::Updater;
 
 #[entry]
 fn main() -> ! {
-    let mut uart = Uart::new();
-    let mut flash = board::flash();
-    let Ok(layout) = FlashLayout::new(board::SPEC) else { stop(&mut uart, "bad layout") };
-    let mut buf = [0u8; MAX_HEADER_LEN];
-    let Ok(header) = read_header(&mut flash, &layout, Place::A, &mut buf) else {
-        stop(&mut uart, "cannot read my own image header")
-    };
-    let (id, version) = (header.id(), header.manifest().version().clone());
-    let trial = status(&mut flash, &layout).map(|s| s.trial).unwrap_or(false);
-    let _ = writeln!(
-        uart,
-        "fwi demo os: image {id} version {version} ({})\r",
-        if trial { "on trial" } else { "confirmed" }
-    );
-
-    // The app, through its table.
-    // SAFETY: APP_TABLE is the app component's load address inside this image, which the
-    // bootloader checked (hashes and signature) before handing over.
-    let app = unsafe { &*(APP_TABLE as *const AppTable) };
-    let healthy = if app.magic != MAGIC || app.abi != ABI_VERSION {
-        let _ = writeln!(uart, "fwi demo os: no usable app table at {APP_TABLE:#x}\r");
-        false
-    } else {
-        let mut greeting = [0u8; 64];
-        let n = (app.greet)(greeting.as_mut_ptr(), greeting.len()).min(greeting.len());
-        uart.write(b"fwi demo os: app says: ");
-        uart.write(&greeting[..n]);
-        uart.write(b"\r");
-        (app.self_test)() == 0
-    };
-
-    if trial {
-        if healthy {
-            match confirm(&mut flash, &layout) {
-                Ok(Confirmation::Confirmed(_)) | Ok(Confirmation::AlreadyConfirmed(_)) => {
-                    let _ = writeln!(uart, "fwi demo os: self-test passed, image {id} confirmed\r");
-                }
-                Err(e) => {
-                    let _ = writeln!(uart, "fwi demo os: confirm failed: {e}\r");
-                }
-            }
-        } else {
-            let _ = writeln!(uart, "fwi demo os: self-test FAILED, not confirming {id}\r");
-        }
+    stack::paint();
+    let mut link = Link::new(Uart::new(), Clock::start());
+    let Ok(layout) = FlashLayout::new(board::SPEC) else { stop(&mut link, "bad layout") };
+    let provision = Provision::parse(board::provision_area());
+    if let Err(e) = &provision {
+        link.say(format_args!("fwi demo os: updates disabled: {e}"));
     }
-    let _ = writeln!(uart, "fwi demo os: ready\r");
-    loop {
-        cortex_m::asm::wfi();
+    let mut updater = Updater::new(link, board::flash(), &layout, provision.ok());
+    after_boot(&mut updater, &layout);
+    updater.say(format_args!("fwi demo os: ready (stack used so far: {} bytes)", stack::used()));
+    updater.run()
+}
+
+/// Says which image runs, runs the self-test, and settles a trial: confirms a healthy image,
+/// resets an unhealthy one; reports a revert the bootloader made. Not inlined, so that its
+/// buffers leave the stack before the update client runs.
+#[inline(never)]
+fn after_boot(updater: &mut Updater<'_>, layout: &FlashLayout) {
+    let mut flash = board::flash();
+    let Ok(state) = status(&mut flash, layout) else {
+        updater.say(format_args!("fwi demo os: state log unreadable"));
+        return;
+    };
+    let Some((id, version)) = state.running.clone() else {
+        updater.say(format_args!("fwi demo os: cannot read my own image header"));
+        return;
+    };
+    updater.say(format_args!(
+        "fwi demo os: image {id} version {version} ({})",
+        if state.trial { "on trial" } else { "confirmed" }
+    ));
+    let healthy = self_test(updater);
+
+    if state.trial {
+        updater.report(id, EventKind::Booted, format_args!("on trial"));
+        if !healthy {
+            updater.say(format_args!(
+                "fwi demo os: self-test FAILED, not confirming {id}; resetting (the bootloader reverts it after its trial boots)"
+            ));
+            updater.report(id, EventKind::Failed, format_args!("self-test failed"));
+            updater.flush();
+            cortex_m::peripheral::SCB::sys_reset();
+        }
+        match confirm(&mut flash, layout) {
+            Ok(Confirmation::Confirmed(_)) | Ok(Confirmation::AlreadyConfirmed(_)) => {
+                updater.say(format_args!("fwi demo os: self-test passed, image {id} confirmed"));
+                updater.report(id, EventKind::Confirmed, format_args!(""));
+            }
+            Err(_) => updater.say(format_args!("fwi demo os: confirm failed (state log)")),
+        }
+    } else if let Some(outcome) = state.outcome
+        && let OutcomeKind::Reverted(reason) = outcome.kind
+        && let SlotB::Previous(reverted) = state.slot_b
+        && ImageTag::of(&reverted) == outcome.image
+    {
+        // The bootloader went back to this image: the one in slot B did not make it. (Said at
+        // every boot until the next update; the server records a repeat once.)
+        updater.say(format_args!("fwi demo os: the bootloader reverted {reverted} ({reason:?})"));
+        updater.report(reverted, EventKind::Reverted, format_args!("{reason:?}; back to {id}"));
     }
 }
 
-fn stop(uart: &mut Uart, why: &str) -> ! {
-    let _ = writeln!(uart, "fwi demo os: {why}\r");
+/// Greets the app through its table and runs its self-test; true if it passed.
+fn self_test(link: &mut Updater<'_>) -> bool {
+    // SAFETY: APP_TABLE is the app component's load address inside this image, which the
+    // bootloader checked (hashes and signature) before handing over.
+    let app = unsafe { &*(APP_TABLE as *const AppTable) };
+    if app.magic != MAGIC || app.abi != ABI_VERSION {
+        link.say(format_args!("fwi demo os: no usable app table at {APP_TABLE:#x}"));
+        return false;
+    }
+    let mut greeting = [0u8; 64];
+    let n = (app.greet)(greeting.as_mut_ptr(), greeting.len()).min(greeting.len());
+    let text = core::str::from_utf8(&greeting[..n]).unwrap_or("(not UTF-8)").trim_end();
+    link.say(format_args!("fwi demo os: app says: {text}"));
+    (app.self_test)() == 0
+}
+
+fn stop(link: &mut Link, why: &str) -> ! {
+    link.say(format_args!("fwi demo os: {why}"));
     loop {
         cortex_m::asm::wfi();
     }

@@ -46,6 +46,13 @@ impl Uart {
         }
     }
 
+    /// Prints a line of text for the console, ended with `\r\n` and a zero byte: the zero
+    /// keeps text and link frames apart on the one UART (see `firmware::link`).
+    pub fn line(&mut self, args: core::fmt::Arguments<'_>) {
+        let _ = core::fmt::Write::write_fmt(self, args);
+        self.write(b"\r\n\0");
+    }
+
     /// A received byte, if one is waiting.
     pub fn try_read(&mut self) -> Option<u8> {
         // SAFETY: UART0's EVENTS_RXDRDY and RXD registers, the UART started.
