@@ -623,17 +623,11 @@ mod tests {
         for r in [Role::Admin, Role::Ci, Role::Qa, Role::Release] {
             assert_eq!(Role::parse(r.as_str()), Some(r));
         }
-        for k in [
-            EventKind::Downloading,
-            EventKind::Installed,
-            EventKind::Booted,
-            EventKind::Confirmed,
-            EventKind::Reverted,
-            EventKind::Failed,
-        ] {
-            assert_eq!(EventKind::parse(k.as_str()), Some(k));
-            let json = serde_json::to_string(&k).unwrap();
-            assert_eq!(json, format!("\"{}\"", k.as_str()));
+        // The JSON names are the names `EventKind::parse` takes (firmware::link tests those).
+        for name in ["downloading", "installed", "booted", "confirmed", "reverted", "failed"] {
+            let kind: EventKind = serde_json::from_str(&format!("\"{name}\"")).unwrap();
+            assert_eq!(Some(kind), EventKind::parse(name));
+            assert_eq!(serde_json::to_string(&kind).unwrap(), format!("\"{name}\""));
         }
         assert_eq!(Role::parse("root"), None);
     }
