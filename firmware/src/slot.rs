@@ -54,6 +54,9 @@ pub enum SlotError {
     /// Bytes between the header and the components, or between components, are not erased.
     #[error("bytes between the image's parts are not erased (at installed offset {0:#x})")]
     Gap(u32),
+    /// The slot does not hold the bytes that were written to it.
+    #[error("the slot does not hold the bytes written (they differ at installed offset {0:#x})")]
+    NotAsWritten(u32),
 }
 
 /// What [`check`] requires of an image besides being intact.
@@ -213,6 +216,8 @@ pub fn check<F: NorFlash>(
 }
 
 /// How many erase units the image in `place` occupies, from its header alone (no hashing).
+/// Never inlined, for the same reason as [`check`].
+#[inline(never)]
 pub fn extent<F: NorFlash>(
     flash: &mut F,
     layout: &FlashLayout,
@@ -232,6 +237,25 @@ pub fn installed_len(layout: &FlashLayout, header: &Header<'_>) -> u32 {
         .iter()
         .map(|c| c.end_address().saturating_sub(u64::from(start)).min(u64::from(u32::MAX)) as u32)
         .fold(header.len() as u32, u32::max)
+}
+
+/// Fails unless the image in `place` holds `expected` from installed offset `installed` on.
+pub fn expect<F: NorFlash>(
+    flash: &mut F,
+    layout: &FlashLayout,
+    place: Place,
+    installed: u32,
+    expected: &[u8],
+) -> Result<(), SlotError> {
+    let mut chunk = [0u8; io::CHUNK];
+    for (i, part) in expected.chunks(io::CHUNK).enumerate() {
+        let at = installed + (i * io::CHUNK) as u32;
+        read_installed(flash, layout, place, at, &mut chunk[..part.len()])?;
+        if let Some(j) = chunk.iter().zip(part).position(|(a, b)| a != b) {
+            return Err(SlotError::NotAsWritten(at + j as u32));
+        }
+    }
+    Ok(())
 }
 
 /// Fails unless installed bytes `[from, to)` of the image in `place` read erased.

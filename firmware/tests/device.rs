@@ -14,7 +14,7 @@ use firmware::sim::build::{self, TestKeys, identity, image, release};
 use firmware::sim::device::SimDevice;
 use firmware::slot::SlotError;
 use firmware::state::{FailReason, OutcomeKind, RevertReason};
-use firmware::update::{Agent, AgentConfig, Confirmation, Refusal, SlotB, UpdateError};
+use firmware::update::{Agent, Confirmation, Refusal, SlotB, UpdateError};
 
 const BOARD: &str = "microbit";
 const UNITS: u32 = 8;
@@ -78,14 +78,8 @@ fn truncated_stream_is_incomplete_and_can_continue() {
     refused(&mut b, |b| offer(b, &rel, &partial), |e| matches!(e, UpdateError::Incomplete { .. }));
     // The rest arrives later (after a reset, even): the agent says where to continue.
     let layout = b.device.layout.clone();
-    let id = &b.device.identity.clone();
-    let config = AgentConfig {
-        board: &id.board,
-        build_keys: &id.build_keys,
-        environment: &id.environment,
-        environment_keys: &id.environment_keys,
-        checkpoint_every: b.device.checkpoint_every,
-    };
+    let id = b.device.identity.clone();
+    let config = id.agent_config(b.device.checkpoint_every);
     let mut window = [0u8; MAX_WINDOW];
     let mut agent = Agent::new(&mut b.device.flash, &layout, config, &mut window).unwrap();
     let started = agent.begin(&mut b.device.flash, &rel).unwrap();
@@ -94,6 +88,42 @@ fn truncated_stream_is_incomplete_and_can_continue() {
     assert_eq!(agent.finish(&mut b.device.flash).unwrap(), b.v2.id);
     let booted = b.device.boot().unwrap();
     assert!(booted.trial && booted.image.id == b.v2.id);
+}
+
+/// The agent verifies the header's signature as it arrives, and at `finish` compares what slot B
+/// holds with those bytes instead of verifying again: a signature damaged in flash after it was
+/// written is caught there, the download abandoned, slot A kept.
+#[test]
+fn a_header_changed_in_slot_b_before_finish_fails_the_final_check() {
+    let mut b = bench();
+    let rel = release(&b.v2, "test", 11, &b.keys.environment);
+    let layout = b.device.layout.clone();
+    let id = b.device.identity.clone();
+    let config = id.agent_config(b.device.checkpoint_every);
+    let mut window = [0u8; MAX_WINDOW];
+    let mut agent = Agent::new(&mut b.device.flash, &layout, config, &mut window).unwrap();
+    agent.begin(&mut b.device.flash, &rel).unwrap();
+    agent.feed(&mut b.device.flash, &b.v2.bytes).unwrap();
+    // The header's last byte is in its last signature; the manifest, and so the id, stay.
+    let header_len = firmware::image::Prefix::parse(&b.v2.bytes).unwrap().header_len();
+    let slot_b = layout.slot(Slot::B);
+    let data = b.device.flash.read_vec(slot_b.offset, slot_b.size as usize);
+    let start = data
+        .windows(header_len)
+        .position(|w| w == &b.v2.bytes[..header_len])
+        .expect("slot B holds the header") as u32;
+    let at = slot_b.offset + start + header_len as u32 - 1;
+    let byte = b.device.flash.read_vec(at, 1)[0];
+    b.device.flash.load(at, &[byte ^ 0x01]);
+    let before = slot_a(&b.device);
+    let err = agent.finish(&mut b.device.flash).unwrap_err();
+    assert!(
+        matches!(err, UpdateError::Failed(SlotError::NotAsWritten(o)) if o == header_len as u32 - 1),
+        "{err}"
+    );
+    assert_eq!(slot_a(&b.device), before);
+    let booted = b.device.boot().unwrap();
+    assert!(booted.image.id == b.v1.id && !booted.trial);
 }
 
 #[test]
@@ -233,13 +263,7 @@ fn releases_for_other_environments_and_replays_are_refused() {
     // The agent remembers the last refusal for the OS to report.
     let layout = b.device.layout.clone();
     let id = b.device.identity.clone();
-    let config = AgentConfig {
-        board: &id.board,
-        build_keys: &id.build_keys,
-        environment: &id.environment,
-        environment_keys: &id.environment_keys,
-        checkpoint_every: 16 * 1024,
-    };
+    let config = id.agent_config(16 * 1024);
     let mut window = [0u8; MAX_WINDOW];
     let mut agent = Agent::new(&mut b.device.flash, &layout, config, &mut window).unwrap();
     assert!(agent.last_refusal().is_none());

@@ -61,13 +61,7 @@ fn device(layout: &FlashLayout, first: &EncodedImage) -> SimDevice {
 }
 
 fn config(d: &SimDevice) -> AgentConfig<'_> {
-    AgentConfig {
-        board: &d.identity.board,
-        build_keys: &d.identity.build_keys,
-        environment: &d.identity.environment,
-        environment_keys: &d.identity.environment_keys,
-        checkpoint_every: d.checkpoint_every,
-    }
+    d.identity.agent_config(d.checkpoint_every)
 }
 
 #[test]

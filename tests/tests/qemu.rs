@@ -145,7 +145,7 @@ fn v1_boots_in_qemu_and_says_its_image_id() {
 }
 
 #[test]
-fn the_device_checks_in_over_the_gateway() {
+fn v1_updates_to_v2_over_the_gateway() {
     need_qemu();
     let out = build_device();
     let dir = tempfile::tempdir().unwrap();
@@ -196,30 +196,31 @@ fn the_device_checks_in_over_the_gateway() {
     let device = json(&server, &["device", "show", "mb-1"]);
     assert_eq!(device["device"]["running"], v1_id.as_str(), "{device:#}");
 
-    // v2 released to prod (signed with prod's offline key): the device is offered it at its
-    // next check-in. Its update agent does not fit the micro:bit's 16 KiB of RAM yet (see
-    // firmware/device/NOTES.md), so the OS refuses the offer, says why, and the server records
-    // it; v1 keeps running.
+    // v2 released to prod (signed with prod's offline key): offered at the next check-in,
+    // streamed over the serial link into slot B, installed by the bootloader at the reset,
+    // booted on trial, confirmed by its self-test.
     let (v2, v2_id) = fuse_demo(&dir, &out, "2.0.0");
     ok(Some(&server), &["push", &v2]);
     patch(&server, "/api/v1/environments/prod", r#"{"promote_min_confirmed": 0}"#);
     let key = fixture("keys/release-ed25519.pem");
     ok(Some(&server), &["promote", &v2_id, "--to", "prod", "--key", key.to_str().unwrap()]);
-    let refused = format!("gateway: event failed {v2_id}: not enough RAM for the update agent");
-    let seen_it = wait_for(&rx, &mut seen, Duration::from_secs(60), |l| l.starts_with(&refused));
-    assert!(seen_it, "the offer of v2 was not refused over the gateway within 60 s: {seen:#?}");
-    // (With its one device failed, the rollout halts: nothing is offered any more.)
-    let again = format!("gateway: check-in: runs {v1_id} 1.0.0 (confirmed); nothing offered");
-    // A check-in after the refusal (the gateway notes an event before the server took it).
-    let mut after = Vec::new();
-    let seen_it = wait_for(&rx, &mut after, Duration::from_secs(30), |l| l.starts_with(&again));
-    assert!(seen_it, "v1 did not keep running and checking in: {seen:#?} {after:#?}");
+    let steps = [
+        format!("gateway: check-in: runs {v1_id} 1.0.0 (confirmed); offered {v2_id}"),
+        format!("fwi demo os: downloading {v2_id}"),
+        format!("fwi demo os: {v2_id} verified in slot B; resetting to install it"),
+        format!("fwi boot: installing {} from slot B", &v2_id[..16]),
+        format!("fwi boot: starting {v2_id} (on trial)"),
+        format!("fwi demo os: image {v2_id} version 2.0.0 (on trial)"),
+        format!("fwi demo os: self-test passed, image {v2_id} confirmed"),
+        format!("gateway: event confirmed {v2_id}"),
+    ];
+    for step in &steps {
+        let seen_it = wait_for(&rx, &mut seen, Duration::from_secs(120), |l| l.starts_with(step));
+        assert!(seen_it, "no `{step}` within 120 s: {seen:#?}");
+    }
     let device = json(&server, &["device", "show", "mb-1"]);
-    let failed = device["events"].as_array().unwrap().iter().find(|e| e["kind"] == "failed");
-    let failed = failed.unwrap_or_else(|| panic!("no failed event on the server: {device:#}"));
-    assert_eq!(failed["image_id"], v2_id.as_str());
-    assert!(failed["detail"].as_str().unwrap().contains("not enough RAM"), "{failed}");
-    assert_eq!(device["device"]["running"], v1_id.as_str(), "{device:#}");
+    assert_eq!(device["device"]["running"], v2_id.as_str(), "{device:#}");
+    assert_eq!(device["device"]["confirmed"], true, "{device:#}");
 }
 
 /// `PATCH` with a JSON body and the admin token (no imager command sets environment options).

@@ -100,7 +100,7 @@ impl SignatureRecord {
     /// Length of a record in bytes.
     pub const LEN: usize = 72;
 
-    fn from_bytes(bytes: &[u8]) -> Self {
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Self {
         let mut key_id = [0; 8];
         let mut signature = [0; 64];
         key_id.copy_from_slice(&bytes[..8]);

@@ -52,7 +52,7 @@ pub use release::{
 #[cfg(feature = "std")]
 pub use summary::{ComponentSummary, CompressionSummary, ImageSummary, SignatureSummary};
 pub use transport::{TransportImage, Verified};
-pub use trust::{BadPublicKey, TrustedKey, verify_signatures};
+pub use trust::{BadPublicKey, TrustedKey, verify_header_bytes, verify_signatures};
 pub use unpack::{FeedError, Progress, UnpackError, Unpacker};
 pub use version::{Version, VersionError};
 

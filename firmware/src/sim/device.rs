@@ -25,6 +25,19 @@ pub struct Identity {
     pub environment_keys: Vec<TrustedKey>,
 }
 
+impl Identity {
+    /// What the update agent of a device with this identity accepts.
+    pub fn agent_config(&self, checkpoint_every: u32) -> AgentConfig<'_> {
+        AgentConfig {
+            board: &self.board,
+            build_keys: &self.build_keys,
+            environment: &self.environment,
+            environment_keys: &self.environment_keys,
+            checkpoint_every,
+        }
+    }
+}
+
 /// A simulated device.
 #[derive(Clone, Debug)]
 pub struct SimDevice {
@@ -84,13 +97,7 @@ impl SimDevice {
         max_chunk: usize,
         rng: &mut Rng,
     ) -> Result<ImageId, UpdateError> {
-        let config = AgentConfig {
-            board: &self.identity.board,
-            build_keys: &self.identity.build_keys,
-            environment: &self.identity.environment,
-            environment_keys: &self.identity.environment_keys,
-            checkpoint_every: self.checkpoint_every,
-        };
+        let config = self.identity.agent_config(self.checkpoint_every);
         let mut window = [0u8; MAX_WINDOW];
         let window = &mut window[..self.window.min(MAX_WINDOW)];
         let mut agent = Agent::new(&mut self.flash, &self.layout, config, window)?;

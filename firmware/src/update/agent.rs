@@ -17,8 +17,9 @@ use crate::flash::io::{CHUNK, FlashError};
 use crate::flash::{FlashLayout, Slot};
 use crate::image::heatshrink::{Decoder, DecoderState};
 use crate::image::{
-    Compression, Header, ImageError, ImageId, LayoutError, MAX_HEADER_LEN, Manifest, Prefix,
-    Progress, ReleaseError, SignedRelease, TrustedKey, UnpackError, Unpacker, verify_signatures,
+    Component, Compression, Header, ImageError, ImageId, LayoutError, MAX_HEADER_LEN, Manifest,
+    Prefix, Progress, ReleaseError, SignedRelease, TrustedKey, UnpackError, Unpacker,
+    verify_header_bytes,
 };
 use crate::slot::{self, Checks, Place, SlotError};
 use crate::state::{
@@ -172,8 +173,12 @@ enum Stage {
     Complete(Body),
 }
 
+/// A download under way. The manifest is not kept: it is parsed again from the agent's header
+/// buffer when a component starts (see [`component_at`]), which saves its 660 bytes of RAM for
+/// the length of a download.
 struct Body {
-    manifest: Manifest,
+    /// Length of the header, at the start of the agent's header buffer.
+    header_len: usize,
     shift: u8,
     group: u8,
     transport_len: u32,
@@ -186,6 +191,13 @@ struct Body {
     /// Installed offset just past the last byte written.
     written_end: u32,
     last_checkpoint: u32,
+}
+
+/// What [`Agent::check_header`] found: where slot B takes the image.
+struct Accepted {
+    shift: u8,
+    group: u8,
+    transport_len: u32,
 }
 
 /// The update agent. Holds the state log, a header buffer and a borrowed heatshrink window.
@@ -271,6 +283,26 @@ impl<'w, 'l> Agent<'w, 'l> {
     ) -> Result<Started, UpdateError> {
         self.stage = Stage::Idle;
         self.release = None;
+        // Each step in a frame of its own: this one stays small, so that the steps verifying a
+        // signature (the release's here, the header's in `resume`) run on a shallow stack.
+        let release = self.check_release(release)?;
+        if let Some((download, checkpoint)) = self.admit(flash, release)? {
+            match self.resume(flash, download, checkpoint) {
+                Ok(started) => return Ok(started),
+                Err(UpdateError::Flash(e)) => return Err(e.into()),
+                Err(UpdateError::Refused(refusal)) => return Err(refusal.into()),
+                // What slot B holds is not usable: start again from the beginning.
+                Err(_) => {}
+            }
+        }
+        self.stage = Stage::Header { have: 0 };
+        Ok(Started { resume_from: 0 })
+    }
+
+    /// The release a signed statement names, if it is for this device: signed by an
+    /// environment key, for this device's environment.
+    #[inline(never)]
+    fn check_release(&self, release: &[u8]) -> Result<Release, UpdateError> {
         let signed = SignedRelease::parse(release).map_err(Refusal::from)?;
         signed.verify(self.config.environment_keys).map_err(Refusal::from)?;
         let statement = signed.statement();
@@ -279,26 +311,27 @@ impl<'w, 'l> Agent<'w, 'l> {
             let expected = self.config.environment.try_into().unwrap_or_default();
             return Err(Refusal::Release(ReleaseError::WrongEnvironment { got, expected }).into());
         }
-        let release = Release { image: statement.image_id(), sequence: statement.sequence() };
+        Ok(Release { image: statement.image_id(), sequence: statement.sequence() })
+    }
+
+    /// Whether `release` may be applied now, by the state log; sets it as the release being
+    /// applied. Returns the download to continue, if a reset interrupted this release's.
+    #[inline(never)]
+    fn admit<F: NorFlash>(
+        &mut self,
+        flash: &mut F,
+        release: Release,
+    ) -> Result<Option<(Download, Checkpoint)>, UpdateError> {
         // Read the log afresh: `confirm` (or another agent) may have written since.
         self.log = StateLog::open(flash, self.layout)?;
         let state = *self.log.state();
-        match state.phase {
+        let resume = match state.phase {
             Phase::Trial { .. } | Phase::Reverting { .. } => return Err(Refusal::Busy.into()),
             Phase::Downloading { download, checkpoint }
                 if download.release_sequence == release.sequence
                     && download.image == ImageTag::of(&release.image) =>
             {
-                self.release = Some(release);
-                if let Some(checkpoint) = checkpoint {
-                    match self.resume(flash, download, checkpoint) {
-                        Ok(started) => return Ok(started),
-                        Err(UpdateError::Flash(e)) => return Err(e.into()),
-                        Err(UpdateError::Refused(refusal)) => return Err(refusal.into()),
-                        // What slot B holds is not usable: start again from the beginning.
-                        Err(_) => {}
-                    }
-                }
+                checkpoint.map(|checkpoint| (download, checkpoint))
             }
             // While a download is under way, only a newer release replaces it.
             Phase::Downloading { download, .. }
@@ -311,11 +344,10 @@ impl<'w, 'l> Agent<'w, 'l> {
                 let (got, last) = (release.sequence, state.release_sequence);
                 return Err(Refusal::Release(ReleaseError::Replayed { got, last }).into());
             }
-            _ => {}
-        }
+            _ => None,
+        };
         self.release = Some(release);
-        self.stage = Stage::Header { have: 0 };
-        Ok(Started { resume_from: 0 })
+        Ok(resume)
     }
 
     /// Continues `download` from `checkpoint`: rebuilds the decoder's window and the hash of the
@@ -327,24 +359,36 @@ impl<'w, 'l> Agent<'w, 'l> {
         download: Download,
         cp: Checkpoint,
     ) -> Result<Started, UpdateError> {
+        let release = self.release.ok_or(UpdateError::NotStarted)?;
         let place = Place { slot: Slot::B, shift: download.shift.into() };
-        let header = slot::read_header(flash, self.layout, place, &mut self.header)?;
-        if ImageTag::of(&header.id()) != download.image {
-            return Err(UpdateError::Corrupt(ImageError::NotAnImage));
-        }
-        // Read back from flash: trusted only once checked again, like the first time.
-        verify_signatures(&header, self.config.build_keys).map_err(UpdateError::Corrupt)?;
-        check_windows(header.manifest(), self.window.len())?;
-        header
-            .manifest()
-            .check_layout(&self.layout.slot_layout(), header.len())
-            .map_err(|e| UpdateError::Corrupt(e.into()))?;
-        let manifest = header.manifest().clone();
-        let transport_len = (header.len() as u64 + manifest.payload_len()) as u32;
-        let component = manifest
-            .components()
-            .get(usize::from(cp.component))
-            .ok_or(UpdateError::Corrupt(ImageError::NotAnImage))?;
+        slot::read_installed(flash, self.layout, place, 0, &mut self.header[..Prefix::LEN])?;
+        let header_len = self.header_len()?;
+        slot::read_installed(flash, self.layout, place, 0, &mut self.header[..header_len])?;
+        // Read back from flash: trusted only once checked again, like the first time. A header
+        // damaged in flash starts the download over; an image this device cannot take (window,
+        // board, counter, size) is refused as it would be when it arrives.
+        let accepted = self.check_header(header_len, release).map_err(|e| match e {
+            UpdateError::Refused(Refusal::Image(e)) => UpdateError::Corrupt(e),
+            UpdateError::Refused(Refusal::WrongImage { .. }) => {
+                UpdateError::Corrupt(ImageError::NotAnImage)
+            }
+            other => other,
+        })?;
+        self.resume_body(flash, download, cp, header_len, accepted.transport_len)
+    }
+
+    /// The rest of [`Self::resume`], once the header in slot B checked out.
+    #[inline(never)]
+    fn resume_body<F: NorFlash>(
+        &mut self,
+        flash: &mut F,
+        download: Download,
+        cp: Checkpoint,
+        header_len: usize,
+        transport_len: u32,
+    ) -> Result<Started, UpdateError> {
+        let place = Place { slot: Slot::B, shift: download.shift.into() };
+        let (component, _) = component_at(&self.header[..header_len], usize::from(cp.component))?;
         let start = component.load_address() - self.layout.slot_layout().start;
         let produced = cp.installed_offset.saturating_sub(start).min(component.size());
         let decoder = DecoderState::from_bytes(cp.decoder)
@@ -374,7 +418,7 @@ impl<'w, 'l> Agent<'w, 'l> {
         }
         let progress = Progress { decoder, consumed: cp.payload_offset, produced, hasher };
         self.stage = Stage::Body(Body {
-            manifest,
+            header_len,
             shift: download.shift,
             group: download.group,
             transport_len,
@@ -443,12 +487,31 @@ impl<'w, 'l> Agent<'w, 'l> {
         Ok(prefix.header_len())
     }
 
-    /// Checks a complete header and, if everything is acceptable, starts writing.
-    #[inline(never)] // see `begin`
-    fn accept_header<F: NorFlash>(&mut self, flash: &mut F, len: usize) -> Result<(), UpdateError> {
-        let release = self.release.ok_or(UpdateError::NotStarted)?;
+    /// Checks the complete header in the header buffer against the release, this device and
+    /// the state log, signatures included; writes nothing.
+    ///
+    /// Ed25519 takes about 8 KB of stack on a Cortex-M0, so the signatures are verified from
+    /// this small frame, not from one that holds the parsed header; what fails is reported in
+    /// the order a reader expects: a header that is not an image, for another board or not
+    /// the released one, then a bad signature, then the rest.
+    #[inline(never)]
+    fn check_header(&self, len: usize, release: Release) -> Result<Accepted, UpdateError> {
+        let accepted = self.check_manifest(len, release);
+        if let Err(UpdateError::Refused(
+            Refusal::Image(_) | Refusal::WrongBoard { .. } | Refusal::WrongImage { .. },
+        )) = accepted
+        {
+            return accepted;
+        }
+        verify_header_bytes(&self.header[..len], self.config.build_keys).map_err(Refusal::from)?;
+        accepted
+    }
+
+    /// [`Self::check_header`] but for the signatures.
+    #[inline(never)]
+    fn check_manifest(&self, len: usize, release: Release) -> Result<Accepted, UpdateError> {
         let header = Header::parse(&self.header[..len]).map_err(Refusal::from)?;
-        let manifest = header.manifest().clone();
+        let manifest = header.manifest();
         if manifest.board() != self.config.board {
             return Err(Refusal::WrongBoard {
                 image: manifest.board().try_into().unwrap_or_default(),
@@ -459,21 +522,43 @@ impl<'w, 'l> Agent<'w, 'l> {
         if header.id() != release.image {
             return Err(Refusal::WrongImage { got: header.id(), released: release.image }.into());
         }
-        verify_signatures(&header, self.config.build_keys).map_err(Refusal::from)?;
-        let state = *self.log.state();
-        if manifest.security_counter() < state.min_security_counter {
-            let (counter, min) = (manifest.security_counter(), state.min_security_counter);
-            return Err(Refusal::Rollback { counter, min }.into());
+        let min = self.log.state().min_security_counter;
+        if manifest.security_counter() < min {
+            return Err(Refusal::Rollback { counter: manifest.security_counter(), min }.into());
         }
         manifest.check_layout(&self.layout.slot_layout(), len).map_err(Refusal::TooLarge)?;
-        check_windows(&manifest, self.window.len())?;
+        check_windows(manifest, self.window.len())?;
         let units = self.layout.units_for(slot::installed_len(self.layout, &header));
         let (shift, group) =
             self.layout.swap_room(units).ok_or(Refusal::NoRoomInSlotB { units })?;
+        let transport_len = (len as u64 + manifest.payload_len()) as u32;
+        Ok(Accepted { shift, group, transport_len })
+    }
 
+    /// Takes a complete header: checks it and, if everything is acceptable, starts writing.
+    /// Checking and writing are separate frames, neither inlined: the writing's buffers are
+    /// not on the stack while Ed25519 runs.
+    #[inline(never)] // see `begin`
+    fn accept_header<F: NorFlash>(&mut self, flash: &mut F, len: usize) -> Result<(), UpdateError> {
+        let release = self.release.ok_or(UpdateError::NotStarted)?;
+        let accepted = self.check_header(len, release)?;
+        self.start_body(flash, len, release, accepted)
+    }
+
+    /// Records the download and writes the checked header (`len` bytes) into slot B.
+    #[inline(never)]
+    fn start_body<F: NorFlash>(
+        &mut self,
+        flash: &mut F,
+        len: usize,
+        release: Release,
+        accepted: Accepted,
+    ) -> Result<(), UpdateError> {
+        let Accepted { shift, group, transport_len } = accepted;
         // Everything checked: from here on, flash changes.
         let image = ImageTag::of(&release.image);
-        match state.phase {
+        let phase = self.log.state().phase;
+        match phase {
             Phase::Downloading { download, .. } if download.image != image => {
                 self.abandon(flash, download.image, FailReason::Superseded)?
             }
@@ -482,25 +567,24 @@ impl<'w, 'l> Agent<'w, 'l> {
             }
             _ => {}
         }
-        let transport_len = (len as u64 + manifest.payload_len()) as u32;
         let download =
             Download { release_sequence: release.sequence, image, transport_len, shift, group };
         self.log.append(flash, Record::Download(download))?;
         let place = Place { slot: Slot::B, shift: shift.into() };
-        let mut writer = SlotWriter::new(place, 0);
-        writer.write(flash, self.layout, 0, &self.header[..len])?;
         self.stage = Stage::Body(Body {
-            manifest,
+            header_len: len,
             shift,
             group,
             transport_len,
             transport: len as u32,
             index: 0,
             progress: Progress::start(),
-            writer,
+            writer: SlotWriter::new(place, 0),
             written_end: len as u32,
             last_checkpoint: 0,
         });
+        let Stage::Body(body) = &mut self.stage else { return Err(UpdateError::NotStarted) };
+        body.writer.write(flash, self.layout, 0, &self.header[..len])?;
         Ok(())
     }
 
@@ -525,7 +609,7 @@ impl<'w, 'l> Agent<'w, 'l> {
         let Stage::Body(body) = &mut self.stage else { return Ok(0) };
         let layout = self.layout;
         let slot_start = layout.slot_layout().start;
-        let component = body.manifest.components()[body.index].clone();
+        let (component, components) = component_at(&self.header[..body.header_len], body.index)?;
         let start = component.load_address() - slot_start;
         let checkpoint_every = self.config.checkpoint_every.max(1);
 
@@ -608,7 +692,7 @@ impl<'w, 'l> Agent<'w, 'l> {
             Ok(true) => {
                 body.index += 1;
                 body.progress = Progress::start();
-                if body.index == body.manifest.components().len() {
+                if body.index == components {
                     let Stage::Body(body) = core::mem::replace(&mut self.stage, Stage::Idle) else {
                         return Ok(used_total);
                     };
@@ -648,12 +732,19 @@ impl<'w, 'l> Agent<'w, 'l> {
         };
         body.writer.flush(flash, self.layout)?;
         let place = Place { slot: Slot::B, shift: body.shift.into() };
+        // The signatures were verified on the header as it arrived (`check_header`): slot B
+        // must hold those very bytes, and the components their hashes. Comparing the header
+        // costs a read; verifying it again would cost Ed25519's 8 KB of stack once more.
         let checks = Checks {
-            keys: Some(self.config.build_keys),
+            keys: None,
             min_security_counter: self.log.state().min_security_counter,
             board: Some(self.config.board),
         };
-        let image = match slot::check(flash, self.layout, place, &checks) {
+        let checked = slot::check(flash, self.layout, place, &checks).and_then(|image| {
+            slot::expect(flash, self.layout, place, 0, &self.header[..body.header_len])?;
+            Ok(image)
+        });
+        let image = match checked {
             Ok(image) if image.id == release.image => image,
             Err(SlotError::Flash(e)) => return Err(e.into()),
             other => {
@@ -702,6 +793,16 @@ fn next_boundary(layout: &FlashLayout, at_least: u32, position: u32) -> u32 {
         .map(|u| u.offset - a.offset)
         .find(|&b| b >= at_least && b > position)
         .unwrap_or(u32::MAX)
+}
+
+/// Component `index` of the header `header` (already checked), and how many components it has.
+/// Not inlined: the parsed header is on the stack only while this runs.
+#[inline(never)]
+fn component_at(header: &[u8], index: usize) -> Result<(Component, usize), UpdateError> {
+    let header = Header::parse(header).map_err(UpdateError::Corrupt)?;
+    let components = header.manifest().components();
+    let component = components.get(index).ok_or(UpdateError::Corrupt(ImageError::NotAnImage))?;
+    Ok((component.clone(), components.len()))
 }
 
 fn component_error(component: &crate::image::Component, error: UnpackError) -> ImageError {

@@ -84,10 +84,10 @@ fn main() -> ! {
         }
     };
     let after = StateLog::open(&mut flash, &layout).map(|log| log.state().outcome).ok().flatten();
-    if let Some(outcome) = after.filter(|&o| Some(o) != before.and_then(|s| s.outcome)) {
-        if let OutcomeKind::Reverted(reason) = outcome.kind {
-            uart.line(format_args!("fwi boot: reverted {} ({reason:?})", outcome.image));
-        }
+    if let Some(outcome) = after.filter(|&o| Some(o) != before.and_then(|s| s.outcome))
+        && let OutcomeKind::Reverted(reason) = outcome.kind
+    {
+        uart.line(format_args!("fwi boot: reverted {} ({reason:?})", outcome.image));
     }
     uart.line(format_args!(
         "fwi boot: starting {} ({})",

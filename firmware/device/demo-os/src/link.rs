@@ -1,6 +1,7 @@
 //! The device's end of the serial link (`firmware::link`): console lines and request/answer
 //! exchanges with the gateway on UART0.
 
+use firmware::image::ImageId;
 use firmware::link::{self, Down, MAX_FRAME, Piece, Splitter, Up};
 use nrf51::timer::Clock;
 use nrf51::uart::Uart;
@@ -27,7 +28,9 @@ impl Link {
     }
 
     /// Sends `message` and waits up to `timeout_ms` for the gateway's answer. Text and frames
-    /// that do not decode are skipped; `None` if no answer came in time.
+    /// that do not decode are skipped; `None` if no answer came in time. Not inlined: its
+    /// frame buffer is on the stack only while it runs, not under the update's deepest path.
+    #[inline(never)]
     pub fn request(&mut self, message: &Up<'_>, timeout_ms: u32) -> Option<Down<'_>> {
         let mut frame = [0u8; UP_FRAME];
         // Every message this device sends fits (firmware::link tests the largest).
@@ -46,6 +49,19 @@ impl Link {
             }
         };
         link::parse(&self.rx.last()[1..1 + len]).ok()
+    }
+
+    /// Asks for `len` bytes of `image` from `offset` on: [`Self::request`] with the message made
+    /// here, not in the caller's frame (a message is as large as its largest kind, a status).
+    #[inline(never)]
+    pub fn fetch(
+        &mut self,
+        image: ImageId,
+        offset: u32,
+        len: u16,
+        timeout_ms: u32,
+    ) -> Option<Down<'_>> {
+        self.request(&Up::Fetch { image, offset, len }, timeout_ms)
     }
 
     /// Waits `ms` milliseconds, dropping whatever arrives meanwhile (late answers).

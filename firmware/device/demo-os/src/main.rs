@@ -34,23 +34,42 @@ use crate::updater::Updater;
 #[entry]
 fn main() -> ! {
     stack::paint();
+    let updater = setup();
+    after_boot(updater);
+    updater.say(format_args!("fwi demo os: ready (stack used so far: {} bytes)", stack::used()));
+    updater.run()
+}
+
+/// Makes the update client and the flash layout, once, in static RAM. They live as long as the
+/// device runs; made in `main`'s frame they would hold that much stack (more, counting the
+/// moves) under the deepest path of every update. Not inlined: what building them takes on
+/// the stack is given back before anything else runs.
+#[inline(never)]
+fn setup() -> &'static mut Updater<'static> {
     let mut link = Link::new(Uart::new(), Clock::start());
     let Ok(layout) = FlashLayout::new(board::SPEC) else { stop(&mut link, "bad layout") };
+    let Some(layout) = cortex_m::singleton!(: FlashLayout = layout) else {
+        stop(&mut link, "set up twice")
+    };
     let provision = Provision::parse(board::provision_area());
     if let Err(e) = &provision {
         link.say(format_args!("fwi demo os: updates disabled: {e}"));
     }
-    let mut updater = Updater::new(link, board::flash(), &layout, provision.ok());
-    after_boot(&mut updater, &layout);
-    updater.say(format_args!("fwi demo os: ready (stack used so far: {} bytes)", stack::used()));
-    updater.run()
+    let updater = Updater::new(link, board::flash(), layout, provision.ok());
+    let Some(updater) = cortex_m::singleton!(: Updater<'static> = updater) else {
+        loop {
+            cortex_m::asm::wfi();
+        }
+    };
+    updater
 }
 
 /// Says which image runs, runs the self-test, and settles a trial: confirms a healthy image,
 /// resets an unhealthy one; reports a revert the bootloader made. Not inlined, so that its
 /// buffers leave the stack before the update client runs.
 #[inline(never)]
-fn after_boot(updater: &mut Updater<'_>, layout: &FlashLayout) {
+fn after_boot(updater: &mut Updater<'_>) {
+    let layout = updater.layout();
     let mut flash = board::flash();
     let Ok(state) = status(&mut flash, layout) else {
         updater.say(format_args!("fwi demo os: state log unreadable"));

@@ -9,7 +9,7 @@ use firmware::flash::FlashLayout;
 use firmware::image::{ImageId, SignedRelease};
 use firmware::link::{Down, EventKind, MAX_DATA, MAX_DETAIL, Up};
 use firmware::provision::Provision;
-use firmware::update::{Agent, AgentConfig, status};
+use firmware::update::{Agent, AgentConfig, UpdateError, status};
 use heapless::String;
 use nrf51::board;
 use nrf51::nvmc::Nvmc;
@@ -28,11 +28,12 @@ const RETRY_MS: u32 = 2_000;
 const WINDOW: usize = 1024;
 /// Installed bytes between download checkpoints (each costs a 32-byte state record).
 const CHECKPOINT_EVERY: u32 = 4 * board::PAGE;
-/// Stack an install needs below `round`, from the frame sizes of its deepest chain (install
-/// 5.3 KB with the agent and its window, the agent taking the header 3.4 KB, Ed25519
-/// verification 7.4 KB and more). Checked before each install: an install that would overflow
-/// the stack is refused with this reason instead of faulting.
-const INSTALL_STACK: usize = 17 * 1024;
+/// Stack an install needs below `run`: its deepest chain is `install` (3.2 KB: the agent, its
+/// 1 KiB window, the keys), `download`, the agent taking the header, and Ed25519 verifying it
+/// (7.6 KB); 13.1 KB in all, by the frame sizes of the release build (firmware/device/NOTES.md
+/// says how to measure). Checked before each install: an install that would overflow the
+/// stack is refused with this reason instead of faulting.
+const INSTALL_STACK: usize = 13 * 1024 + 512;
 /// Events queued for the gateway at most.
 const QUEUE: usize = 2;
 
@@ -55,6 +56,16 @@ pub struct Updater<'a> {
     refused: Option<ImageId>,
     /// Whether the last check-in went unanswered (said once, not every round).
     unheard: bool,
+    /// The signed release statement of the offer being taken.
+    statement: heapless::Vec<u8, { SignedRelease::MAX_LEN }>,
+}
+
+/// What a round decided.
+enum Next {
+    /// Check in again after this many milliseconds.
+    Wait(u32),
+    /// Install `image` (`size` bytes), whose release statement is in `Updater::statement`.
+    Install { image: ImageId, size: u32 },
 }
 
 impl<'a> Updater<'a> {
@@ -74,7 +85,13 @@ impl<'a> Updater<'a> {
             queue: heapless::Vec::new(),
             refused: None,
             unheard: false,
+            statement: heapless::Vec::new(),
         }
+    }
+
+    /// The flash layout.
+    pub fn layout(&self) -> &'a FlashLayout {
+        self.layout
     }
 
     /// Prints a console line.
@@ -123,32 +140,47 @@ impl<'a> Updater<'a> {
     /// Checks in forever; installs what is offered.
     pub fn run(&mut self) -> ! {
         loop {
-            let wait_ms = self.round();
+            // The install runs from this frame, not from `round`'s: the update's deepest
+            // stack (Ed25519 under the agent) then starts as high as it can.
+            let wait_ms = match self.round() {
+                Next::Wait(ms) => ms,
+                Next::Install { image, size } => {
+                    let free = crate::stack::free();
+                    if free < INSTALL_STACK {
+                        self.fail(
+                            image,
+                            format_args!(
+                                "not enough RAM for the update agent: it needs about {INSTALL_STACK} bytes of stack, {free} are free"
+                            ),
+                        );
+                    } else {
+                        self.install(image, size);
+                    }
+                    RETRY_MS
+                }
+            };
             self.link.pause(wait_ms);
         }
     }
 
-    /// One round: events, check-in, and the update offered if any. Returns how long to wait.
+    /// One round: events, check-in, and what to do about the offer if any.
     #[inline(never)]
-    fn round(&mut self) -> u32 {
+    fn round(&mut self) -> Next {
         if !self.flush() {
-            return self.unanswered();
+            return Next::Wait(self.unanswered());
         }
         let Ok(state) = status(&mut self.flash, self.layout) else {
             self.say(format_args!("fwi demo os: state log unreadable; not checking in"));
-            return RETRY_MS * 10;
+            return Next::Wait(RETRY_MS * 10);
         };
-        let mut release = [0u8; SignedRelease::MAX_LEN];
+        self.statement.clear();
         let offer = match self.link.request(&Up::Status(state), ANSWER_MS) {
-            None => return self.unanswered(),
+            None => return Next::Wait(self.unanswered()),
             Some(Down::NoUpdate { check_again_s }) => Err(u32::from(check_again_s.max(1)) * 1000),
-            Some(Down::Offer { image, size, release: statement }) => {
-                if statement.len() > release.len() {
-                    Ok((image, size, None))
-                } else {
-                    release[..statement.len()].copy_from_slice(statement);
-                    Ok((image, size, Some(statement.len())))
-                }
+            Some(Down::Offer { image, size, release }) => {
+                // Too long for the buffer: left empty, refused below.
+                let _ = self.statement.extend_from_slice(release);
+                Ok((image, size))
             }
             Some(Down::Error { message }) => {
                 let mut text: String<96> = String::new();
@@ -163,26 +195,13 @@ impl<'a> Updater<'a> {
             self.say(format_args!("fwi demo os: the gateway answers"));
         }
         match offer {
-            Err(wait) => wait,
-            Ok((image, _, _)) if self.refused == Some(image) => RETRY_MS * 5,
-            Ok((image, _, None)) => {
-                self.fail(image, format_args!("release statement too long"));
-                RETRY_MS
+            Err(wait) => Next::Wait(wait),
+            Ok((image, _)) if self.refused == Some(image) => Next::Wait(RETRY_MS * 5),
+            Ok((image, _)) if self.statement.is_empty() => {
+                self.fail(image, format_args!("release statement empty or too long"));
+                Next::Wait(RETRY_MS)
             }
-            Ok((image, size, Some(len))) => {
-                let free = crate::stack::free();
-                if free < INSTALL_STACK {
-                    self.fail(
-                        image,
-                        format_args!(
-                            "not enough RAM for the update agent: it needs about {INSTALL_STACK} bytes of stack, {free} are free"
-                        ),
-                    );
-                } else {
-                    self.install(image, size, &release[..len]);
-                }
-                RETRY_MS
-            }
+            Ok((image, size)) => Next::Install { image, size },
         }
     }
 
@@ -194,7 +213,10 @@ impl<'a> Updater<'a> {
         RETRY_MS
     }
 
-    /// Refuses or abandons `image` for this session, and says and reports why.
+    /// Refuses or abandons `image` for this session, and says and reports why. Not inlined,
+    /// like the other steps below: their formatting temporaries would otherwise sit in
+    /// `install`'s frame, under Ed25519's stack.
+    #[inline(never)]
     fn fail(&mut self, image: ImageId, why: core::fmt::Arguments<'_>) {
         self.refused = Some(image);
         self.say(format_args!("fwi demo os: update {image} refused: {why}"));
@@ -203,9 +225,11 @@ impl<'a> Updater<'a> {
     }
 
     /// Downloads `image` into slot B through the agent; on success resets into the bootloader.
-    /// Not inlined: its buffers (agent, window, keys) take stack only while it runs.
+    /// Not inlined: the agent, its window and the keys take stack only while it runs. The
+    /// deepest stack of an update is here: this frame, then `download`, the agent taking the
+    /// header, and Ed25519 verifying it (`INSTALL_STACK`).
     #[inline(never)]
-    fn install(&mut self, image: ImageId, size: u32, release: &[u8]) {
+    fn install(&mut self, image: ImageId, size: u32) {
         let Some(provision) = self.provision.clone() else {
             self.fail(image, format_args!("this device has no provisioning record"));
             return;
@@ -224,31 +248,50 @@ impl<'a> Updater<'a> {
             checkpoint_every: CHECKPOINT_EVERY,
         };
         let mut window = [0u8; WINDOW];
-        // Used in place: moving the agent out of the Result would copy its 2.5 KB.
+        // Used in place: moving the agent out of the Result would copy it.
         let mut made = Agent::new(&mut self.flash, self.layout, config, &mut window);
         let agent = match &mut made {
             Ok(agent) => agent,
-            Err(e) => return self.fail(image, format_args!("{}", reason(e))),
+            Err(e) => return self.failed(image, e),
         };
-        let started = match agent.begin(&mut self.flash, release) {
+        let Some(from) = self.start(agent, image, size) else { return };
+        if self.download(agent, image, size, from) {
+            self.complete(agent, image);
+        }
+    }
+
+    /// [`Self::fail`] with the agent's reason.
+    #[inline(never)]
+    fn failed(&mut self, image: ImageId, error: &UpdateError) {
+        self.fail(image, format_args!("{}", reason(error)));
+    }
+
+    /// Offers the release (`statement`) to the agent; where the download starts, if it may.
+    #[inline(never)]
+    fn start(&mut self, agent: &mut Agent, image: ImageId, size: u32) -> Option<u32> {
+        let started = match agent.begin(&mut self.flash, &self.statement) {
             Ok(started) => started,
-            Err(e) => return self.fail(image, format_args!("{}", reason(&e))),
+            Err(e) => {
+                self.failed(image, &e);
+                return None;
+            }
         };
         let from = started.resume_from;
         self.say(format_args!("fwi demo os: downloading {image}: {size} bytes from byte {from}"));
         self.report(image, EventKind::Downloading, format_args!("from byte {from}"));
-        if !self.flush() {
-            return;
-        }
+        self.flush().then_some(from)
+    }
 
+    /// Fetches the image from `from` on and feeds it to the agent; true once all of it went in.
+    #[inline(never)]
+    fn download(&mut self, agent: &mut Agent, image: ImageId, size: u32, from: u32) -> bool {
         let mut offset = from;
         let mut shown = 0;
         while offset < size {
             let len = (size - offset).min(MAX_DATA as u32) as u16;
-            let fetch = Up::Fetch { image, offset, len };
             let mut fed = None;
             for _ in 0..TRIES {
-                match self.link.request(&fetch, ANSWER_MS) {
+                match self.link.fetch(image, offset, len, ANSWER_MS) {
                     Some(Down::Data { offset: at, bytes })
                         if at == offset && !bytes.is_empty() && bytes.len() <= usize::from(len) =>
                     {
@@ -261,23 +304,42 @@ impl<'a> Updater<'a> {
             }
             match fed {
                 Some(Ok(n)) => offset += n,
-                Some(Err(e)) => return self.fail(image, format_args!("{}", reason(&e))),
+                Some(Err(e)) => {
+                    self.failed(image, &e);
+                    return false;
+                }
                 None => {
-                    // The gateway went quiet: the agent's last checkpoint keeps what is written.
-                    self.say(format_args!(
-                        "fwi demo os: download of {image} stalled at byte {offset}; resuming later"
-                    ));
-                    return;
+                    self.stalled(image, offset);
+                    return false;
                 }
             }
             let quarter = offset * 4 / size;
             if quarter > shown {
                 shown = quarter;
-                self.say(format_args!("fwi demo os: {offset} of {size} bytes"));
+                self.progress(offset, size);
             }
         }
+        true
+    }
+
+    /// The gateway went quiet: the agent's last checkpoint keeps what is written.
+    #[inline(never)]
+    fn stalled(&mut self, image: ImageId, offset: u32) {
+        self.say(format_args!(
+            "fwi demo os: download of {image} stalled at byte {offset}; resuming later"
+        ));
+    }
+
+    #[inline(never)]
+    fn progress(&mut self, offset: u32, size: u32) {
+        self.say(format_args!("fwi demo os: {offset} of {size} bytes"));
+    }
+
+    /// Ends the download: the agent checks slot B and marks it pending; then the reset.
+    #[inline(never)]
+    fn complete(&mut self, agent: &mut Agent, image: ImageId) {
         if let Err(e) = agent.finish(&mut self.flash) {
-            return self.fail(image, format_args!("{}", reason(&e)));
+            return self.failed(image, &e);
         }
         self.say(format_args!(
             "fwi demo os: {image} verified in slot B; resetting to install it (stack used: {} bytes)",

@@ -137,6 +137,14 @@ fn main() -> ! {
         size_of::<sha2::Sha256>(),
     );
     hprintln!(
+        "sizes: UpdateError {} B, SlotError {} B, ImageError {} B, TrustedKey {} B, FlashLayout {} B",
+        size_of::<firmware::update::UpdateError>(),
+        size_of::<firmware::slot::SlotError>(),
+        size_of::<firmware::image::ImageError>(),
+        size_of::<TrustedKey>(),
+        size_of::<firmware::flash::FlashLayout>(),
+    );
+    hprintln!(
         "free stack for the measurements: {} B",
         cortex_m::register::msp::read() as usize - 0x2000_0000
     );
