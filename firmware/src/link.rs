@@ -31,6 +31,7 @@ use postcard::ser_flavors::{Cobs, Slice};
 use serde::{Deserialize, Serialize};
 
 use crate::image::ImageId;
+use crate::state::ImageTag;
 use crate::update::Status;
 
 /// Version of this protocol; the first byte of every frame.
@@ -48,6 +49,32 @@ pub const MAX_DETAIL: usize = 160;
 
 const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
 
+/// Which image an event is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventImage {
+    /// Its id.
+    Id(ImageId),
+    /// Only its tag (the first 8 bytes of its id), when that is all the device still knows: an
+    /// image the bootloader reverted is gone from flash, and the state log keeps its tag. The
+    /// gateway finds the id among the images it offered.
+    Tag(ImageTag),
+}
+
+impl From<ImageId> for EventImage {
+    fn from(id: ImageId) -> Self {
+        EventImage::Id(id)
+    }
+}
+
+impl core::fmt::Display for EventImage {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            EventImage::Id(id) => write!(f, "{id}"),
+            EventImage::Tag(tag) => write!(f, "{tag}"),
+        }
+    }
+}
+
 /// A device's message to the gateway.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Up<'a> {
@@ -56,7 +83,7 @@ pub enum Up<'a> {
     /// A step of an update, for the server's record.
     Event {
         /// The image it is about.
-        image: ImageId,
+        image: EventImage,
         /// What happened.
         kind: EventKind,
         /// Why, in words (a refusal's reason, say); at most [`MAX_DETAIL`] bytes.
@@ -326,7 +353,16 @@ mod tests {
     fn frames_round_trip_between_text_lines() {
         let messages = [
             Up::Status(status()),
-            Up::Event { image: ImageId([0; 32]), kind: EventKind::Failed, detail: "no\0zero" },
+            Up::Event {
+                image: ImageId([0; 32]).into(),
+                kind: EventKind::Failed,
+                detail: "no\0zero",
+            },
+            Up::Event {
+                image: EventImage::Tag(ImageTag([7; 8])),
+                kind: EventKind::Reverted,
+                detail: "NotConfirmed",
+            },
             Up::Fetch { image: ImageId([1; 32]), offset: 4096, len: 512 },
         ];
         let mut stream = b"fwi demo os: ready\r\n\0".to_vec();
@@ -338,7 +374,7 @@ mod tests {
             stream.extend_from_slice(b"a text line\r\n\0");
         }
         let mut got = pieces(&stream);
-        assert_eq!(got.len(), 7);
+        assert_eq!(got.len(), 1 + 2 * messages.len());
         let mut decoded = std::vec::Vec::new();
         for piece in got.iter_mut() {
             let text = piece.ends_with(b"\r\n");
@@ -426,7 +462,11 @@ mod tests {
         )
         .unwrap();
         encode(
-            &Up::Event { image: ImageId([0xFF; 32]), kind: EventKind::Failed, detail: &detail },
+            &Up::Event {
+                image: ImageId([0xFF; 32]).into(),
+                kind: EventKind::Failed,
+                detail: &detail,
+            },
             &mut out,
         )
         .unwrap();

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use firmware::image::ImageId;
-use firmware::link::{self, Down, MAX_DATA, MAX_FRAME, Piece, Splitter, Up};
+use firmware::link::{self, Down, EventImage, MAX_DATA, MAX_FRAME, Piece, Splitter, Up};
+use firmware::state::ImageTag;
 use ota_server::api::{CheckIn, CheckInResponse, NewEvent};
 
 use crate::client::Client;
@@ -26,7 +27,13 @@ pub struct Gateway {
     client: Client,
     check_again_s: u16,
     offer: Option<Offered>,
+    /// Images offered in this session, newest last (at most `OFFERED`): how an event that
+    /// names an image by its tag alone is told which image it is.
+    offered: Vec<ImageId>,
 }
+
+/// Offered images remembered for events by tag.
+const OFFERED: usize = 16;
 
 /// The image offered to the device, and the part of it fetched so far.
 struct Offered {
@@ -50,7 +57,7 @@ impl Gateway {
     /// A gateway to the server `client` talks to (with a device token); devices told nothing
     /// is on offer check in again after `check_again_s` seconds.
     pub fn new(client: Client, check_again_s: u16) -> Self {
-        Gateway { client, check_again_s, offer: None }
+        Gateway { client, check_again_s, offer: None, offered: Vec::new() }
     }
 
     /// Serves the link on `stream` until it closes.
@@ -129,19 +136,26 @@ impl Gateway {
                 }
                 Err(e) => self.failed(&mut data, notes, "check-in", e)?,
             },
-            Up::Event { image, kind, detail } => {
-                let event = NewEvent {
-                    image_id: image.to_string(),
-                    kind: *kind,
-                    detail: (!detail.is_empty()).then(|| detail.to_string()),
-                };
-                let said = if detail.is_empty() { String::new() } else { format!(": {detail}") };
-                writeln!(notes, "gateway: event {} {image}{said}", kind.as_str())?;
-                match self.client.post_quiet("/device/events", &event) {
-                    Ok(()) => Down::Recorded,
-                    Err(e) => self.failed(&mut data, notes, "event", e)?,
+            Up::Event { image, kind, detail } => match self.resolve(image) {
+                Err(e) => self.failed(&mut data, notes, "event", e)?,
+                Ok(image) => {
+                    let event = NewEvent {
+                        image_id: image.to_string(),
+                        kind: *kind,
+                        detail: (!detail.is_empty()).then(|| detail.to_string()),
+                    };
+                    let said =
+                        if detail.is_empty() { String::new() } else { format!(": {detail}") };
+                    match self.client.post_quiet("/device/events", &event) {
+                        Ok(()) => {
+                            // Noted once the server has it.
+                            writeln!(notes, "gateway: event {} {image}{said}", kind.as_str())?;
+                            Down::Recorded
+                        }
+                        Err(e) => self.failed(&mut data, notes, "event", e)?,
+                    }
                 }
-            }
+            },
             Up::Fetch { image, offset, len } => match self.fetch(image, *offset, *len) {
                 Ok(range) => {
                     if *offset == 0
@@ -162,6 +176,18 @@ impl Gateway {
         let n = link::encode(&down, &mut frame).map_err(|e| anyhow!("framing the answer: {e}"))?;
         frame.truncate(n);
         Ok(frame)
+    }
+
+    /// The image an event names: its id, or the offered image whose tag it gives.
+    fn resolve(&self, image: &EventImage) -> Result<ImageId> {
+        match *image {
+            EventImage::Id(id) => Ok(id),
+            EventImage::Tag(tag) => {
+                self.offered.iter().rev().find(|id| ImageTag::of(id) == tag).copied().ok_or_else(
+                    || anyhow!("the device names image {tag} by its tag only, and this gateway did not offer it"),
+                )
+            }
+        }
     }
 
     /// Notes a failure and answers the device with its text (cut to fit a frame).
@@ -201,6 +227,12 @@ impl Gateway {
             .ok_or_else(|| anyhow!("the offered image is too large ({} bytes)", offer.size))?;
         if self.offer.as_ref().is_none_or(|o| o.image != image) {
             self.offer = Some(Offered { image, url: offer.url, size, base: 0, bytes: Vec::new() });
+        }
+        if !self.offered.contains(&image) {
+            if self.offered.len() == OFFERED {
+                self.offered.remove(0);
+            }
+            self.offered.push(image);
         }
         Ok(Some((image, size, release)))
     }
@@ -277,5 +309,25 @@ pub fn connect(address: &str, patience: Duration) -> Result<TcpStream> {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_by_tag_names_an_image_this_gateway_offered_or_is_refused() {
+        let client = Client::new(Some("http://127.0.0.1:9"), Some("token")).unwrap();
+        let mut gateway = Gateway::new(client, 30);
+        let (older, newer) = (ImageId([1; 32]), ImageId([2; 32]));
+        let tag = |id: &ImageId| EventImage::Tag(ImageTag::of(id));
+        let err = gateway.resolve(&tag(&newer)).unwrap_err().to_string();
+        assert!(err.contains("0202020202020202") && err.contains("did not offer"), "{err}");
+        gateway.offered = vec![older, newer];
+        assert_eq!(gateway.resolve(&tag(&newer)).unwrap(), newer);
+        assert_eq!(gateway.resolve(&tag(&older)).unwrap(), older);
+        assert_eq!(gateway.resolve(&EventImage::Id(older)).unwrap(), older);
+        assert!(gateway.resolve(&tag(&ImageId([3; 32]))).is_err());
     }
 }

@@ -144,83 +144,278 @@ fn v1_boots_in_qemu_and_says_its_image_id() {
     assert!(seen.iter().any(|l| l.contains("app says: demo app")), "{seen:#?}");
 }
 
+/// A real ota-server with one prod device enrolled, the device (v1) in QEMU behind
+/// `imager run --serial tcp:PORT`, and `imager gateway` between them.
+struct Rig {
+    dir: tempfile::TempDir,
+    out: PathBuf,
+    server: Server,
+    v1_id: String,
+    /// What the gateway prints: the device's console on stdout, its own notes on stderr.
+    rx: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    /// Lines before this one in `seen` were matched by an earlier step.
+    cursor: usize,
+    _run: Killed,
+    _gateway: Killed,
+}
+
+impl Rig {
+    /// Starts everything; the gateway talks to the server through `via` (a proxy), or directly.
+    /// Returns once the device checked in running v1.
+    fn start(via: Option<fn(&str) -> String>) -> Rig {
+        need_qemu();
+        let out = build_device();
+        let dir = tempfile::tempdir().unwrap();
+        let build_pub = fixture("keys/openssl-ed25519.pub.pem");
+        let prod_pub = fixture("keys/release-ed25519.pub.pem");
+        let server = Server::start(&dir, build_pub.to_str().unwrap(), prod_pub.to_str().unwrap());
+        let (v1, v1_id) = fuse_demo(&dir, &out, "1.0.0");
+        let created =
+            json(&server, &["device", "add", "mb-1", "--board", "microbit", "--env", "prod"]);
+        let token = created["token"].as_str().unwrap().to_owned();
+        // Updates roll out to prod without waiting for confirmations elsewhere.
+        patch(&server, "/api/v1/environments/prod", r#"{"promote_min_confirmed": 0}"#);
+
+        // The device, its UART on a TCP port (it starts once the gateway connected)...
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let bootloader = out.join("bootloader");
+        let run = Command::new(bin("imager"))
+            .args(["run", &v1, "--bootloader", bootloader.to_str().unwrap()])
+            .args(["--serial", &format!("tcp:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let run = Killed(run);
+        // ... and the gateway between it and the server.
+        let url = via.map_or_else(|| server.url.clone(), |proxy| proxy(&server.url));
+        let mut gateway = Command::new(bin("imager"))
+            .args(["gateway", "--serial", &format!("tcp:127.0.0.1:{port}"), "--interval", "1"])
+            .args(["--server", &url, "--token", &token])
+            .env_remove("IMAGER_SERVER")
+            .env_remove("IMAGER_TOKEN")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        lines_of(gateway.stdout.take().unwrap(), tx.clone());
+        lines_of(gateway.stderr.take().unwrap(), tx);
+        let mut rig = Rig {
+            dir,
+            out,
+            server,
+            v1_id,
+            rx,
+            seen: Vec::new(),
+            cursor: 0,
+            _run: run,
+            _gateway: Killed(gateway),
+        };
+        let v1_id = rig.v1_id.clone();
+        rig.expect(&[
+            format!("fwi boot: starting {v1_id} (confirmed)"),
+            "fwi demo os: ready".into(),
+            format!("gateway: check-in: runs {v1_id} 1.0.0 (confirmed); nothing offered"),
+        ]);
+        rig
+    }
+
+    /// Waits for lines starting with each of `steps`, in this order, each after the line the
+    /// step before matched (120 s each).
+    fn expect(&mut self, steps: &[String]) {
+        for step in steps {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let new = &self.seen[self.cursor..];
+                if let Some(i) = new.iter().position(|l| l.starts_with(step.as_str())) {
+                    self.cursor += i + 1;
+                    break;
+                }
+                let left = deadline.checked_duration_since(Instant::now()).unwrap_or_default();
+                match self.rx.recv_timeout(left) {
+                    Ok(line) => self.seen.push(line),
+                    Err(_) => panic!("no `{step}` within 120 s; so far: {:#?}", self.seen),
+                }
+            }
+        }
+    }
+
+    /// Pushes `image` and releases it to prod, signed with prod's offline key.
+    fn release(&self, image: &str, id: &str) {
+        ok(Some(&self.server), &["push", image]);
+        let key = fixture("keys/release-ed25519.pem");
+        ok(Some(&self.server), &["promote", id, "--to", "prod", "--key", key.to_str().unwrap()]);
+    }
+
+    /// Fuses v2 and releases it to prod; returns its id once the device, running v1, was
+    /// offered it and started the download.
+    fn release_v2(&mut self) -> String {
+        let (v2, v2_id) = fuse_demo(&self.dir, &self.out, "2.0.0");
+        self.release(&v2, &v2_id);
+        let v1_id = &self.v1_id;
+        self.expect(&[
+            format!("gateway: check-in: runs {v1_id} 1.0.0 (confirmed); offered {v2_id}"),
+            format!("fwi demo os: downloading {v2_id}"),
+        ]);
+        v2_id
+    }
+
+    /// The device as the server sees it (`imager device show`).
+    fn device(&self) -> serde_json::Value {
+        json(&self.server, &["device", "show", "mb-1"])
+    }
+}
+
+/// The demo app built with `--cfg unhealthy`: its self-test fails. Built in a target folder of
+/// its own, so that the normal build's artifacts stay as they are.
+fn build_unhealthy_app() -> PathBuf {
+    let device = Path::new(env!("CARGO_MANIFEST_DIR")).join("../firmware/device");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let target = device.join("target/unhealthy");
+    let out = Command::new(cargo)
+        .args(["build", "--release", "--quiet", "-p", "demo-app"])
+        .current_dir(&device)
+        .env("RUSTFLAGS", "--cfg unhealthy")
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .expect("cargo runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    target.join("thumbv6m-none-eabi/release/demo-app")
+}
+
 #[test]
-fn v1_updates_to_v2_over_the_gateway() {
-    need_qemu();
-    let out = build_device();
-    let dir = tempfile::tempdir().unwrap();
-    let build_pub = fixture("keys/openssl-ed25519.pub.pem");
-    let prod_pub = fixture("keys/release-ed25519.pub.pem");
-    let server = Server::start(&dir, build_pub.to_str().unwrap(), prod_pub.to_str().unwrap());
-    let (v1, v1_id) = fuse_demo(&dir, &out, "1.0.0");
-    let created = json(&server, &["device", "add", "mb-1", "--board", "microbit", "--env", "prod"]);
-    let token = created["token"].as_str().unwrap().to_owned();
+fn v2_installs_and_confirms_v3_is_reverted_over_the_gateway() {
+    let mut rig = Rig::start(None);
 
-    // The device, its UART on a TCP port (it starts once the gateway connected)...
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let bootloader = out.join("bootloader");
-    let run = Command::new(bin("imager"))
-        .args(["run", &v1, "--bootloader", bootloader.to_str().unwrap()])
-        .args(["--serial", &format!("tcp:{port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _run = Killed(run);
-    // ... and the gateway between it and the server.
-    let mut gateway = Command::new(bin("imager"))
-        .args(["gateway", "--serial", &format!("tcp:127.0.0.1:{port}"), "--interval", "1"])
-        .args(["--server", &server.url, "--token", &token])
-        .env_remove("IMAGER_SERVER")
-        .env_remove("IMAGER_TOKEN")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    lines_of(gateway.stdout.take().unwrap(), tx.clone());
-    lines_of(gateway.stderr.take().unwrap(), tx);
-    let _gateway = Killed(gateway);
-
-    let mut seen = Vec::new();
-    let checked_in = format!("gateway: check-in: runs {v1_id} 1.0.0 (confirmed); nothing offered");
-    let seen_it = wait_for(&rx, &mut seen, Duration::from_secs(60), |l| l == checked_in);
-    assert!(seen_it, "no check-in through the gateway within 60 s: {seen:#?}");
-    assert!(
-        seen.iter().any(|l| l == &format!("fwi boot: starting {v1_id} (confirmed)")),
-        "{seen:#?}"
-    );
-    assert!(seen.iter().any(|l| l.starts_with("fwi demo os: ready")), "{seen:#?}");
-
-    // The server saw it: the device runs v1, confirmed, as it said over the serial link.
-    let device = json(&server, &["device", "show", "mb-1"]);
-    assert_eq!(device["device"]["running"], v1_id.as_str(), "{device:#}");
-
-    // v2 released to prod (signed with prod's offline key): offered at the next check-in,
-    // streamed over the serial link into slot B, installed by the bootloader at the reset,
-    // booted on trial, confirmed by its self-test.
-    let (v2, v2_id) = fuse_demo(&dir, &out, "2.0.0");
-    ok(Some(&server), &["push", &v2]);
-    patch(&server, "/api/v1/environments/prod", r#"{"promote_min_confirmed": 0}"#);
-    let key = fixture("keys/release-ed25519.pem");
-    ok(Some(&server), &["promote", &v2_id, "--to", "prod", "--key", key.to_str().unwrap()]);
-    let steps = [
-        format!("gateway: check-in: runs {v1_id} 1.0.0 (confirmed); offered {v2_id}"),
-        format!("fwi demo os: downloading {v2_id}"),
+    // v2: offered at the next check-in, streamed over the serial link into slot B, installed
+    // by the bootloader at the reset, booted on trial, confirmed by its self-test.
+    let v2_id = rig.release_v2();
+    rig.expect(&[
         format!("fwi demo os: {v2_id} verified in slot B; resetting to install it"),
         format!("fwi boot: installing {} from slot B", &v2_id[..16]),
         format!("fwi boot: starting {v2_id} (on trial)"),
         format!("fwi demo os: image {v2_id} version 2.0.0 (on trial)"),
         format!("fwi demo os: self-test passed, image {v2_id} confirmed"),
         format!("gateway: event confirmed {v2_id}"),
-    ];
-    for step in &steps {
-        let seen_it = wait_for(&rx, &mut seen, Duration::from_secs(120), |l| l.starts_with(step));
-        assert!(seen_it, "no `{step}` within 120 s: {seen:#?}");
-    }
-    let device = json(&server, &["device", "show", "mb-1"]);
+    ]);
+    let device = rig.device();
     assert_eq!(device["device"]["running"], v2_id.as_str(), "{device:#}");
     assert_eq!(device["device"]["confirmed"], true, "{device:#}");
+
+    // v3, whose app fails its self-test: installed, booted on trial, not confirmed; the
+    // bootloader reverts it at the next reset, v2 runs again and says so; the server sees it.
+    let key = fixture("keys/openssl-ed25519.pem");
+    let unhealthy = build_unhealthy_app();
+    let (v3, v3_id) = fuse_files(
+        &rig.dir,
+        key.to_str().unwrap(),
+        &rig.out.join("demo-os"),
+        &unhealthy,
+        "3.0.0",
+        &["--window", "10"],
+    );
+    rig.release(&v3, &v3_id);
+    rig.expect(&[
+        format!("gateway: check-in: runs {v2_id} 2.0.0 (confirmed); offered {v3_id}"),
+        format!("fwi demo os: {v3_id} verified in slot B; resetting to install it"),
+        format!("fwi boot: installing {} from slot B", &v3_id[..16]),
+        format!("fwi boot: starting {v3_id} (on trial)"),
+        format!("fwi demo os: self-test FAILED, not confirming {v3_id}"),
+        format!("fwi boot: reverted {}", &v3_id[..16]),
+        format!("fwi boot: starting {v2_id} (confirmed)"),
+        // (Its bytes are gone; the state log keeps its tag, the gateway knows the image.)
+        format!("fwi demo os: the bootloader reverted {} (NotConfirmed)", &v3_id[..16]),
+        format!("gateway: event reverted {v3_id}"),
+        format!("gateway: check-in: runs {v2_id} 2.0.0 (confirmed)"),
+    ]);
+    let device = rig.device();
+    assert_eq!(device["device"]["running"], v2_id.as_str(), "{device:#}");
+    assert_eq!(device["device"]["failed_image"], v3_id.as_str(), "{device:#}");
+    let events = device["events"].as_array().unwrap();
+    let reverted =
+        events.iter().find(|e| e["kind"] == "reverted" && e["image_id"] == v3_id.as_str());
+    assert!(reverted.is_some(), "no reverted event for v3 on the server: {device:#}");
+}
+
+#[test]
+fn a_corrupted_image_is_refused_and_v1_keeps_running() {
+    // The gateway downloads through a proxy that flips one byte of the image's payload.
+    let mut rig = Rig::start(Some(|server| corrupting_proxy(server, 4000)));
+    let v2_id = rig.release_v2();
+    let v1_id = rig.v1_id.clone();
+    rig.expect(&[
+        format!("fwi demo os: update {v2_id} refused: corrupt image"),
+        format!("gateway: event failed {v2_id}: corrupt image"),
+        format!("gateway: check-in: runs {v1_id} 1.0.0 (confirmed)"),
+    ]);
+    assert!(
+        !rig.seen
+            .iter()
+            .any(|l| l.starts_with("fwi boot: installing") || l.contains("verified in slot B")),
+        "{:#?}",
+        rig.seen
+    );
+    let device = rig.device();
+    assert_eq!(device["device"]["running"], v1_id.as_str(), "{device:#}");
+    let failed = device["events"].as_array().unwrap().iter().find(|e| e["kind"] == "failed");
+    let failed = failed.unwrap_or_else(|| panic!("no failed event on the server: {device:#}"));
+    assert_eq!(failed["image_id"], v2_id.as_str());
+    assert!(failed["detail"].as_str().unwrap().contains("corrupt image"), "{failed}");
+}
+
+/// An HTTP proxy in front of `server` that passes everything on, one request per connection,
+/// but flips a bit of byte `at` of every whole image file a device downloads: a gateway using
+/// it serves the device a corrupted image. Returns its URL.
+fn corrupting_proxy(server: &str, at: usize) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let upstream = server.trim_start_matches("http://").trim_end_matches('/').to_owned();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let upstream = upstream.clone();
+            std::thread::spawn(move || relay(client, &upstream, at));
+        }
+    });
+    url
+}
+
+fn relay(mut client: std::net::TcpStream, upstream: &str, at: usize) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut reader = BufReader::new(client.try_clone()?);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        if line == "\r\n" {
+            break;
+        }
+        if !line.to_ascii_lowercase().starts_with("connection:") {
+            head.push_str(&line);
+        }
+    }
+    let len = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:")?.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body)?;
+    let mut server = std::net::TcpStream::connect(upstream)?;
+    server.write_all(head.as_bytes())?;
+    server.write_all(b"Connection: close\r\n\r\n")?;
+    server.write_all(&body)?;
+    let mut answer = Vec::new();
+    server.read_to_end(&mut answer)?;
+    if head.starts_with("GET /api/v1/device/images/") && answer.starts_with(b"HTTP/1.1 200") {
+        let body = answer.windows(4).position(|w| w == b"\r\n\r\n").map(|end| end + 4);
+        if let Some(byte) = body.and_then(|start| answer.get_mut(start + at)) {
+            *byte ^= 0x10;
+        }
+    }
+    client.write_all(&answer)
 }
 
 /// `PATCH` with a JSON body and the admin token (no imager command sets environment options).

@@ -7,7 +7,7 @@ use core::fmt::Write as _;
 
 use firmware::flash::FlashLayout;
 use firmware::image::{ImageId, SignedRelease};
-use firmware::link::{Down, EventKind, MAX_DATA, MAX_DETAIL, Up};
+use firmware::link::{Down, EventImage, EventKind, MAX_DATA, MAX_DETAIL, Up};
 use firmware::provision::Provision;
 use firmware::update::{Agent, AgentConfig, UpdateError, status};
 use heapless::String;
@@ -39,7 +39,7 @@ const QUEUE: usize = 2;
 
 /// An event waiting for the gateway to take it.
 struct Event {
-    image: ImageId,
+    image: EventImage,
     kind: EventKind,
     detail: String<MAX_DETAIL>,
 }
@@ -100,14 +100,19 @@ impl<'a> Updater<'a> {
     }
 
     /// Queues an event for the server (sent before the next check-in, until acknowledged).
-    pub fn report(&mut self, image: ImageId, kind: EventKind, detail: core::fmt::Arguments<'_>) {
+    pub fn report(
+        &mut self,
+        image: impl Into<EventImage>,
+        kind: EventKind,
+        detail: core::fmt::Arguments<'_>,
+    ) {
         let mut text = String::new();
         // Cut at MAX_DETAIL: the start of a reason says the most.
         let _ = text.write_fmt(detail);
         if self.queue.is_full() {
             self.queue.remove(0);
         }
-        let _ = self.queue.push(Event { image, kind, detail: text });
+        let _ = self.queue.push(Event { image: image.into(), kind, detail: text });
     }
 
     /// Sends the queued events; false if the gateway did not take them all.
