@@ -16,11 +16,10 @@ use firmware::state::ImageTag;
 use ota_server::api::{CheckIn, CheckInResponse, NewEvent};
 
 use crate::client::Client;
+use crate::console::{MAX_PIECE, lines_of};
 
 /// Largest image file the gateway fetches for a device.
 const MAX_IMAGE: u64 = 16 << 20;
-/// Longest text line kept (a longer one is shown cut).
-const MAX_PIECE: usize = 64 << 10;
 
 /// The gateway's state: the server, and the image it is feeding the device.
 pub struct Gateway {
@@ -278,11 +277,8 @@ fn running(status: &firmware::update::Status) -> String {
 
 /// Prints a console text piece (line ends normalised).
 fn show_text(piece: &[u8], console: &mut dyn Write) -> Result<()> {
-    let text = String::from_utf8_lossy(piece);
-    let text = text.replace("\r\n", "\n").replace('\r', "\n");
-    console.write_all(text.as_bytes())?;
-    if !text.ends_with('\n') {
-        console.write_all(b"\n")?;
+    for line in lines_of(piece) {
+        writeln!(console, "{line}")?;
     }
     console.flush()?;
     Ok(())

@@ -6,11 +6,14 @@
 //! - [`fuse`]: turning inputs into one signed image for a board.
 //! - [`verify`]: checking an image file against public keys and its board.
 //! - [`client`]: the ota-server client commands (`push`, `release`, `promote`, `status`, ...).
+//! - [`console`], [`run`], [`gateway`]: a device's UART (console text and link frames), QEMU, and
+//!   the bridge from the serial link to the server.
 //! - [`cli`]: argument parsing and output.
 
 mod board_list;
 pub mod cli;
 pub mod client;
+pub mod console;
 pub mod fuse;
 pub mod gateway;
 pub mod input;

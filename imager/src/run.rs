@@ -191,7 +191,7 @@ pub fn console(machine: &mut Machine) -> Result<std::process::ExitStatus> {
     let mut uart = machine.uart()?;
     let mut to_uart = machine.uart()?;
     std::thread::spawn(move || std::io::copy(&mut std::io::stdin(), &mut to_uart));
-    let mut lines = TextLines::default();
+    let mut lines = crate::console::TextLines::default();
     let mut stdout = std::io::stdout();
     let mut buf = [0u8; 4096];
     loop {
@@ -261,36 +261,6 @@ pub fn relay(
         }
     }
     machine.wait()
-}
-
-/// Console text from UART bytes: pieces between zero bytes that are not link frames, split
-/// into lines.
-#[derive(Default)]
-pub struct TextLines {
-    piece: Vec<u8>,
-}
-
-impl TextLines {
-    /// Takes bytes; returns the text lines they completed.
-    pub fn push(&mut self, bytes: &[u8]) -> Vec<String> {
-        let mut lines = Vec::new();
-        for &b in bytes {
-            if b != 0 {
-                if self.piece.len() < 1 << 16 {
-                    self.piece.push(b);
-                }
-                continue;
-            }
-            let mut piece = std::mem::take(&mut self.piece);
-            let text = piece.clone();
-            if piece.is_empty() || firmware::link::unframe(&mut piece).is_ok() {
-                continue;
-            }
-            let text = String::from_utf8_lossy(&text);
-            lines.extend(text.lines().map(|l| l.trim_end_matches('\r').to_owned()));
-        }
-        lines
-    }
 }
 
 /// Writes `flash` at `base` through QEMU's gdbstub, resets the machine (so it starts from the

@@ -120,7 +120,7 @@ fn v1_boots_in_qemu_and_says_its_image_id() {
     let mut uart = machine.uart().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let mut text = imager::run::TextLines::default();
+        let mut text = imager::console::TextLines::default();
         let mut buf = [0u8; 1024];
         while let Ok(n) = uart.read(&mut buf) {
             if n == 0 {
