@@ -66,7 +66,16 @@ fn acknowledged_writes_survive_kill_9() {
                     }
                 });
             }
-            std::thread::sleep(Duration::from_millis(40 + 60 * round));
+            // Killed mid-flight, but only once this round has had a release acknowledged: on a
+            // loaded machine a fixed delay may come before any write was answered.
+            let before = acked_releases.lock().unwrap().len();
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while acked_releases.lock().unwrap().len() == before
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            std::thread::sleep(Duration::from_millis(20 * round));
             let killed = std::process::Command::new("kill").args(["-9", &pid]).status().unwrap();
             assert!(killed.success());
             stop.store(true, Ordering::Relaxed);
