@@ -106,13 +106,7 @@ fn a_header_changed_in_slot_b_before_finish_fails_the_final_check() {
     agent.feed(&mut b.device.flash, &b.v2.bytes).unwrap();
     // The header's last byte is in its last signature; the manifest, and so the id, stay.
     let header_len = firmware::image::Prefix::parse(&b.v2.bytes).unwrap().header_len();
-    let slot_b = layout.slot(Slot::B);
-    let data = b.device.flash.read_vec(slot_b.offset, slot_b.size as usize);
-    let start = data
-        .windows(header_len)
-        .position(|w| w == &b.v2.bytes[..header_len])
-        .expect("slot B holds the header") as u32;
-    let at = slot_b.offset + start + header_len as u32 - 1;
+    let at = in_slot_b(&b.device, &b.v2.bytes[..header_len]) + header_len as u32 - 1;
     let byte = b.device.flash.read_vec(at, 1)[0];
     b.device.flash.load(at, &[byte ^ 0x01]);
     let before = slot_a(&b.device);
@@ -124,6 +118,42 @@ fn a_header_changed_in_slot_b_before_finish_fails_the_final_check() {
     assert_eq!(slot_a(&b.device), before);
     let booted = b.device.boot().unwrap();
     assert!(booted.image.id == b.v1.id && !booted.trial);
+}
+
+/// Where slot B holds the start of `bytes` (the download's header), as a flash offset.
+fn in_slot_b(device: &SimDevice, bytes: &[u8]) -> u32 {
+    let slot_b = device.layout.slot(Slot::B);
+    let data = device.flash.read_vec(slot_b.offset, slot_b.size as usize);
+    let at = data.windows(bytes.len()).position(|w| w == bytes).expect("slot B holds it");
+    slot_b.offset + at as u32
+}
+
+/// A download interrupted after a checkpoint, whose header in slot B was then damaged: taking
+/// the same release again starts it over from byte 0 (not a refusal, which would refuse the
+/// release for good), and it completes.
+#[test]
+fn a_resume_over_a_damaged_header_starts_over() {
+    for damaged in [0, 20] {
+        let mut b = bench();
+        b.device.checkpoint_every = 1024;
+        let rel = release(&b.v2, "test", 11, &b.keys.environment);
+        let partial = b.v2.bytes[..b.v2.bytes.len() * 2 / 3].to_vec();
+        assert!(matches!(offer(&mut b, &rel, &partial), Err(UpdateError::Incomplete { .. })));
+        // Byte 0 is in the prefix (its magic), byte 20 in the manifest.
+        let at = in_slot_b(&b.device, &b.v2.bytes[..64]) + damaged;
+        let byte = b.device.flash.read_vec(at, 1)[0];
+        b.device.flash.load(at, &[byte ^ 0x01]);
+        let layout = b.device.layout.clone();
+        let id = b.device.identity.clone();
+        let config = id.agent_config(b.device.checkpoint_every);
+        let mut window = [0u8; MAX_WINDOW];
+        let mut agent = Agent::new(&mut b.device.flash, &layout, config, &mut window).unwrap();
+        let started = agent.begin(&mut b.device.flash, &rel).unwrap();
+        assert_eq!(started.resume_from, 0, "byte {damaged} damaged");
+        agent.feed(&mut b.device.flash, &b.v2.bytes).unwrap();
+        assert_eq!(agent.finish(&mut b.device.flash).unwrap(), b.v2.id);
+        assert_eq!(b.device.boot().unwrap().image.id, b.v2.id);
+    }
 }
 
 #[test]

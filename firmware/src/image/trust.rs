@@ -56,9 +56,9 @@ pub fn verify_signatures(header: &Header<'_>, trusted: &[TrustedKey]) -> Result<
     verify_records(header.manifest_bytes(), header.signatures(), trusted)
 }
 
-/// [`verify_signatures`] on the raw bytes of a header that [`Header::parse`] accepted, without
-/// decoding its manifest again: for a small device, which must verify from a stack frame that
-/// does not also hold the parsed header (660 bytes under Ed25519's 8 KB).
+/// [`verify_signatures`] on the raw bytes of a header, without decoding its manifest: for a
+/// small device, which must verify from a stack frame that does not also hold the parsed
+/// header (660 bytes under Ed25519's 8 KB). The manifest's own rules are [`Header::parse`]'s.
 #[inline(never)]
 pub fn verify_header_bytes(header: &[u8], trusted: &[TrustedKey]) -> Result<KeyId, ImageError> {
     let prefix = Prefix::parse(header)?;

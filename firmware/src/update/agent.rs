@@ -361,13 +361,18 @@ impl<'w, 'l> Agent<'w, 'l> {
     ) -> Result<Started, UpdateError> {
         let release = self.release.ok_or(UpdateError::NotStarted)?;
         let place = Place { slot: Slot::B, shift: download.shift.into() };
-        slot::read_installed(flash, self.layout, place, 0, &mut self.header[..Prefix::LEN])?;
-        let header_len = self.header_len()?;
-        slot::read_installed(flash, self.layout, place, 0, &mut self.header[..header_len])?;
         // Read back from flash: trusted only once checked again, like the first time. A header
-        // damaged in flash starts the download over; an image this device cannot take (window,
-        // board, counter, size) is refused as it would be when it arrives.
-        let accepted = self.check_header(header_len, release).map_err(|e| match e {
+        // damaged in flash (or not this release's) starts the download over: its signature is
+        // checked first, so a damaged byte never passes for a refusal, which would refuse this
+        // release for good. An authentic image this device cannot take (window, board, counter,
+        // size) is refused, as it would be when it arrives.
+        slot::read_installed(flash, self.layout, place, 0, &mut self.header[..Prefix::LEN])?;
+        let prefix = Prefix::parse(&self.header[..Prefix::LEN]).map_err(UpdateError::Corrupt)?;
+        let header_len = prefix.header_len();
+        slot::read_installed(flash, self.layout, place, 0, &mut self.header[..header_len])?;
+        verify_header_bytes(&self.header[..header_len], self.config.build_keys)
+            .map_err(UpdateError::Corrupt)?;
+        let accepted = self.check_manifest(header_len, release).map_err(|e| match e {
             UpdateError::Refused(Refusal::Image(e)) => UpdateError::Corrupt(e),
             UpdateError::Refused(Refusal::WrongImage { .. }) => {
                 UpdateError::Corrupt(ImageError::NotAnImage)
