@@ -3,7 +3,7 @@
 //! into calls and results into text.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, anyhow};
@@ -50,6 +50,9 @@ pub enum Command {
     /// Boot an image in QEMU (boards with a qemu_machine): bootloader and installed image laid
     /// into the flash, the UART on this terminal or a TCP port.
     Run(RunArgs),
+    /// Write a factory programming file: bootloader and installed image as one Intel HEX or
+    /// binary file, the bytes `imager run` lays into the flash.
+    Factory(FactoryArgs),
     /// Bridge a device's serial link to the ota-server's device API: check-ins, events and the
     /// offered image in chunks; the device's console text is printed.
     Gateway(GatewayArgs),
@@ -175,6 +178,23 @@ pub struct RunArgs {
     /// More QEMU arguments, e.g. --qemu-arg=-icount --qemu-arg=shift=0.
     #[arg(long = "qemu-arg", value_name = "ARG", allow_hyphen_values = true)]
     pub qemu_args: Vec<String>,
+}
+
+/// `imager factory`.
+#[derive(Args, Debug)]
+pub struct FactoryArgs {
+    /// Image file (.fwi); its board says where everything goes.
+    pub image: PathBuf,
+    /// Bootloader for the bootloader partition: ELF, Intel HEX or FILE@ADDRESS.
+    #[arg(long, value_name = "FILE")]
+    pub bootloader: String,
+    /// hex: Intel HEX (erased lines left out); bin: from the flash's base to the last
+    /// programmed byte, gaps filled with the erased value.
+    #[arg(long)]
+    pub format: crate::factory::Format,
+    /// Output file (written whole or not at all).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
 }
 
 /// `imager gateway`.
@@ -529,12 +549,8 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         }
         Command::Run(args) => {
             let file = verify::read_image_file(&args.image)?;
-            let image = firmware::image::TransportImage::parse(&file)
-                .with_context(|| format!("{}", args.image.display()))?;
             let catalog = catalog()?;
-            let board = catalog
-                .get(image.header().manifest().board())
-                .map_err(|err| anyhow!("{err}; pass its board file's folder with --boards"))?;
+            let board = board_of(&catalog, &file, &args.image)?;
             let bootloader = args
                 .bootloader
                 .as_deref()
@@ -550,6 +566,16 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             if !status.success() {
                 anyhow::bail!("{} exited with {status}", args.qemu);
             }
+        }
+        Command::Factory(args) => {
+            let file = verify::read_image_file(&args.image)?;
+            let catalog = catalog()?;
+            let board = board_of(&catalog, &file, &args.image)?;
+            let bootloader = crate::run::read_bootloader(&args.bootloader, board)?;
+            let bytes = crate::factory::factory(board, &file, &bootloader, args.format)
+                .with_context(|| format!("{}", args.image.display()))?;
+            crate::write::atomically(&args.out, &bytes)?;
+            writeln!(out, "{}: {} bytes for {}", args.out.display(), bytes.len(), board.name)?;
         }
         Command::Gateway(args) => {
             let address = args
@@ -649,8 +675,17 @@ fn run_client(command: &Command, out: &mut dyn Write) -> Result<()> {
         | Command::Verify(_)
         | Command::Boards(_)
         | Command::Run(_)
+        | Command::Factory(_)
         | Command::Gateway(_) => {
             Err(anyhow!("internal error: {command:?} is not a server command"))
         }
     }
+}
+
+/// The board an image file (`file`, read from `path`) is for.
+fn board_of<'c>(catalog: &'c Catalog, file: &[u8], path: &Path) -> Result<&'c boards::Board> {
+    let image = TransportImage::parse(file).with_context(|| format!("{}", path.display()))?;
+    catalog
+        .get(image.header().manifest().board())
+        .map_err(|err| anyhow!("{err}; pass its board file's folder with --boards"))
 }

@@ -14,6 +14,7 @@ mod board_list;
 pub mod cli;
 pub mod client;
 pub mod console;
+pub mod factory;
 pub mod fuse;
 pub mod gateway;
 pub mod input;

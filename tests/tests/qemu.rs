@@ -102,20 +102,27 @@ impl Drop for Killed {
     }
 }
 
+/// v1 as a production line would program it: `imager factory` with the real bootloader, the
+/// binary laid into QEMU's flash as it is.
 #[test]
-fn v1_boots_in_qemu_and_says_its_image_id() {
+fn v1_boots_in_qemu_from_its_factory_image_and_says_its_image_id() {
     need_qemu();
     let out = build_device();
     let dir = tempfile::tempdir().unwrap();
     let (image, id) = fuse_demo(&dir, &out, "1.0.0");
+    let factory = path(&dir, "factory.bin");
+    let bootloader = out.join("bootloader");
+    let bootloader = bootloader.to_str().unwrap();
+    ok(
+        None,
+        &["factory", &image, "--bootloader", bootloader, "--format", "bin", "--out", &factory],
+    );
 
     // `imager run`'s library, so that the test holds QEMU itself (dropping it ends QEMU).
-    let file = std::fs::read(&image).unwrap();
     let catalog = boards::Catalog::builtin().unwrap();
     let board = catalog.get("microbit").unwrap();
-    let bootloader =
-        imager::run::read_bootloader(out.join("bootloader").to_str().unwrap(), board).unwrap();
-    let flash = imager::run::flash_image(board, &file, Some(&bootloader)).unwrap();
+    let mut flash = std::fs::read(&factory).unwrap();
+    flash.resize(board.flash.size as usize, board.flash.erased_value);
     let machine = imager::run::Machine::start(board, &flash, "qemu-system-arm", &[]).unwrap();
     let mut uart = machine.uart().unwrap();
     let (tx, rx) = mpsc::channel();
