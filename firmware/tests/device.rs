@@ -77,15 +77,15 @@ fn truncated_stream_is_incomplete_and_can_continue() {
     let partial = b.v2.bytes[..cut].to_vec();
     refused(&mut b, |b| offer(b, &rel, &partial), |e| matches!(e, UpdateError::Incomplete { .. }));
     // The rest arrives later (after a reset, even): the agent says where to continue.
-    let layout = b.device.layout.clone();
-    let id = b.device.identity.clone();
-    let config = id.agent_config(b.device.checkpoint_every);
-    let mut window = [0u8; MAX_WINDOW];
-    let mut agent = Agent::new(&mut b.device.flash, &layout, config, &mut window).unwrap();
-    let started = agent.begin(&mut b.device.flash, &rel).unwrap();
-    assert!(started.resume_from > 0 && started.resume_from as usize <= cut, "{started:?}");
-    agent.feed(&mut b.device.flash, &b.v2.bytes[started.resume_from as usize..]).unwrap();
-    assert_eq!(agent.finish(&mut b.device.flash).unwrap(), b.v2.id);
+    let v2 = &b.v2;
+    b.device
+        .with_agent(|agent, flash| {
+            let started = agent.begin(flash, &rel).unwrap();
+            assert!(started.resume_from > 0 && started.resume_from as usize <= cut, "{started:?}");
+            agent.feed(flash, &v2.bytes[started.resume_from as usize..]).unwrap();
+            assert_eq!(agent.finish(flash).unwrap(), v2.id);
+        })
+        .unwrap();
     let booted = b.device.boot().unwrap();
     assert!(booted.trial && booted.image.id == b.v2.id);
 }
@@ -143,15 +143,15 @@ fn a_resume_over_a_damaged_header_starts_over() {
         let at = in_slot_b(&b.device, &b.v2.bytes[..64]) + damaged;
         let byte = b.device.flash.read_vec(at, 1)[0];
         b.device.flash.load(at, &[byte ^ 0x01]);
-        let layout = b.device.layout.clone();
-        let id = b.device.identity.clone();
-        let config = id.agent_config(b.device.checkpoint_every);
-        let mut window = [0u8; MAX_WINDOW];
-        let mut agent = Agent::new(&mut b.device.flash, &layout, config, &mut window).unwrap();
-        let started = agent.begin(&mut b.device.flash, &rel).unwrap();
-        assert_eq!(started.resume_from, 0, "byte {damaged} damaged");
-        agent.feed(&mut b.device.flash, &b.v2.bytes).unwrap();
-        assert_eq!(agent.finish(&mut b.device.flash).unwrap(), b.v2.id);
+        let v2 = &b.v2;
+        b.device
+            .with_agent(|agent, flash| {
+                let started = agent.begin(flash, &rel).unwrap();
+                assert_eq!(started.resume_from, 0, "byte {damaged} damaged");
+                agent.feed(flash, &v2.bytes).unwrap();
+                assert_eq!(agent.finish(flash).unwrap(), v2.id);
+            })
+            .unwrap();
         assert_eq!(b.device.boot().unwrap().image.id, b.v2.id);
     }
 }
@@ -291,17 +291,16 @@ fn releases_for_other_environments_and_replays_are_refused() {
         |e| matches!(e, UpdateError::Refused(Refusal::Release(ReleaseError::UnknownKey(_)))),
     );
     // The agent remembers the last refusal for the OS to report.
-    let layout = b.device.layout.clone();
-    let id = b.device.identity.clone();
-    let config = id.agent_config(16 * 1024);
-    let mut window = [0u8; MAX_WINDOW];
-    let mut agent = Agent::new(&mut b.device.flash, &layout, config, &mut window).unwrap();
-    assert!(agent.last_refusal().is_none());
-    assert!(agent.begin(&mut b.device.flash, &prod).is_err());
-    assert!(matches!(
-        agent.last_refusal(),
-        Some(Refusal::Release(ReleaseError::WrongEnvironment { .. }))
-    ));
+    b.device
+        .with_agent(|agent, flash| {
+            assert!(agent.last_refusal().is_none());
+            assert!(agent.begin(flash, &prod).is_err());
+            assert!(matches!(
+                agent.last_refusal(),
+                Some(Refusal::Release(ReleaseError::WrongEnvironment { .. }))
+            ));
+        })
+        .unwrap();
     // The device applied release 10: 10 again, or 9, is a replay.
     for sequence in [10, 9] {
         let old = release(&b.v2, "test", sequence, &b.keys.environment);

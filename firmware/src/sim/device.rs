@@ -97,18 +97,29 @@ impl SimDevice {
         max_chunk: usize,
         rng: &mut Rng,
     ) -> Result<ImageId, UpdateError> {
+        self.with_agent(|agent, flash| {
+            let started = agent.begin(flash, release)?;
+            let mut rest = image.get(started.resume_from as usize..).unwrap_or_default();
+            while !rest.is_empty() {
+                let n = (1 + rng.below(max_chunk as u64) as usize).min(rest.len());
+                agent.feed(flash, &rest[..n])?;
+                rest = &rest[n..];
+            }
+            agent.finish(flash)
+        })?
+    }
+
+    /// Runs `f` with a new update agent over this device's flash: its identity, checkpoint
+    /// interval and window, as the OS would make it after a reset.
+    pub fn with_agent<R>(
+        &mut self,
+        f: impl FnOnce(&mut Agent<'_, '_>, &mut SimFlash) -> R,
+    ) -> Result<R, UpdateError> {
         let config = self.identity.agent_config(self.checkpoint_every);
         let mut window = [0u8; MAX_WINDOW];
         let window = &mut window[..self.window.min(MAX_WINDOW)];
         let mut agent = Agent::new(&mut self.flash, &self.layout, config, window)?;
-        let started = agent.begin(&mut self.flash, release)?;
-        let mut rest = image.get(started.resume_from as usize..).unwrap_or_default();
-        while !rest.is_empty() {
-            let n = (1 + rng.below(max_chunk as u64) as usize).min(rest.len());
-            agent.feed(&mut self.flash, &rest[..n])?;
-            rest = &rest[n..];
-        }
-        agent.finish(&mut self.flash)
+        Ok(f(&mut agent, &mut self.flash))
     }
 
     /// Confirms the running image.
