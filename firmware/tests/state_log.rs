@@ -160,3 +160,29 @@ fn markers_count_swap_progress_even_when_torn() {
     assert_eq!(now, done + 12);
     assert_eq!(flash.stats().violations, 0);
 }
+
+#[test]
+fn an_initialized_log_says_slot_a_is_confirmed_whatever_the_partition_held() {
+    let layout = layout();
+    let mut flash = SimFlash::new(&layout);
+    // An earlier life: a log that moved through both units (the later one with sequence 2+),
+    // an update in progress and a high release sequence.
+    let mut log = StateLog::open(&mut flash, &layout).unwrap();
+    log.append(&mut flash, Record::Base { min_security_counter: 9, release_sequence: 40 }).unwrap();
+    for n in 0..40 {
+        log.append(&mut flash, outcome(n)).unwrap();
+    }
+    assert!(reopen(&mut flash, &layout).release_sequence == 40);
+
+    StateLog::initialize(&mut flash, &layout, ImageTag([7; 8]), 3).unwrap();
+    let state = reopen(&mut flash, &layout);
+    assert_eq!(state.phase, Phase::Idle);
+    assert_eq!((state.min_security_counter, state.release_sequence), (3, 0));
+    assert_eq!(
+        state.outcome,
+        Some(Outcome { kind: OutcomeKind::Updated, image: ImageTag([7; 8]) })
+    );
+    // Only the first unit holds anything.
+    let second = layout.unit(layout.state(), 1).unwrap();
+    assert!(flash.read_vec(second.offset, second.size as usize).iter().all(|&b| b == 0xFF));
+}

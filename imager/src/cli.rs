@@ -50,8 +50,11 @@ pub enum Command {
     /// Boot an image in QEMU (boards with a qemu_machine): bootloader and installed image laid
     /// into the flash, the UART on this terminal or a TCP port.
     Run(RunArgs),
-    /// Write a factory programming file: bootloader and installed image as one Intel HEX or
-    /// binary file, the bytes `imager run` lays into the flash.
+    /// Program a board through a debug probe (probe-rs): bootloader, the image in slot A, a
+    /// state log that marks it confirmed; the rest of every partition erased.
+    Flash(FlashArgs),
+    /// Write a factory programming file: what `imager flash` programs, as one Intel HEX, binary
+    /// or ELF file.
     Factory(FactoryArgs),
     /// Bridge a device's serial link to the ota-server's device API: check-ins, events and the
     /// offered image in chunks; the device's console text is printed.
@@ -180,6 +183,35 @@ pub struct RunArgs {
     pub qemu_args: Vec<String>,
 }
 
+/// `imager flash`.
+#[derive(Args, Debug)]
+#[command(after_help = "The plan: erase the bootloader partition (with --bootloader), slot A, \
+slot B and the state partition; program the bootloader, the image's installed form in slot A \
+and, last, a state log saying that image is confirmed (its security counter becomes the \
+device's minimum); reset the chip. --dry-run prints it without a probe. Check the board file \
+against the chip first with `imager boards --check`.")]
+pub struct FlashArgs {
+    /// Image file (.fwi); its board says where everything goes.
+    pub image: PathBuf,
+    /// Bootloader for the bootloader partition: ELF, Intel HEX or FILE@ADDRESS. Without it the
+    /// partition is left as it is.
+    #[arg(long, value_name = "FILE")]
+    pub bootloader: Option<String>,
+    /// The probe to use, VID:PID or VID:PID:SERIAL (hex, as lsusb prints); needed only when
+    /// several are attached.
+    #[arg(long, value_name = "VID:PID[:SERIAL]", value_parser = crate::probe::parse_selector)]
+    pub probe: Option<probe_rs::probe::DebugProbeSelector>,
+    /// SWD/JTAG clock in kHz (default: the probe's).
+    #[arg(long, value_name = "KHZ")]
+    pub speed: Option<u32>,
+    /// Read every programmed byte back and compare.
+    #[arg(long)]
+    pub verify: bool,
+    /// Print the plan (ranges, sizes, what is erased) and stop; needs no probe.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
 /// `imager factory`.
 #[derive(Args, Debug)]
 pub struct FactoryArgs {
@@ -189,7 +221,8 @@ pub struct FactoryArgs {
     #[arg(long, value_name = "FILE")]
     pub bootloader: String,
     /// hex: Intel HEX (erased lines left out); bin: from the flash's base to the last
-    /// programmed byte, gaps filled with the erased value.
+    /// programmed byte, gaps filled with the erased value; elf: one loadable segment per
+    /// programmed range.
     #[arg(long)]
     pub format: crate::factory::Format,
     /// Output file (written whole or not at all).
@@ -221,6 +254,11 @@ pub struct BoardsArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Check every board file against probe-rs's built-in chip database (offline): the chip
+    /// exists, its flash and RAM hold the board's, partitions lie on its sector grid. Fails if
+    /// any board does not match.
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// Where the ota-server is and who is asking: every server command takes these.
@@ -548,16 +586,9 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             writeln!(out, "{}", verified.id)?;
         }
         Command::Run(args) => {
-            let file = verify::read_image_file(&args.image)?;
             let catalog = catalog()?;
-            let board = board_of(&catalog, &file, &args.image)?;
-            let bootloader = args
-                .bootloader
-                .as_deref()
-                .map(|b| crate::run::read_bootloader(b, board))
-                .transpose()?;
-            let flash = crate::run::flash_image(board, &file, bootloader.as_ref())
-                .with_context(|| format!("{}", args.image.display()))?;
+            let (board, plan) = plan_of(&catalog, &args.image, args.bootloader.as_deref())?;
+            let flash = plan.flash();
             let start = || crate::run::Machine::start(board, &flash, &args.qemu, &args.qemu_args);
             let status = match args.serial {
                 crate::run::Serial::Stdio => crate::run::console(&mut start()?)?,
@@ -567,13 +598,25 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
                 anyhow::bail!("{} exited with {status}", args.qemu);
             }
         }
-        Command::Factory(args) => {
-            let file = verify::read_image_file(&args.image)?;
+        Command::Flash(args) => {
             let catalog = catalog()?;
-            let board = board_of(&catalog, &file, &args.image)?;
-            let bootloader = crate::run::read_bootloader(&args.bootloader, board)?;
-            let bytes = crate::factory::factory(board, &file, &bootloader, args.format)
-                .with_context(|| format!("{}", args.image.display()))?;
+            let (_, plan) = plan_of(&catalog, &args.image, args.bootloader.as_deref())?;
+            write!(out, "{}", plan.to_text())?;
+            if !args.dry_run {
+                let options = crate::probe::ProbeOptions {
+                    probe: args.probe.clone(),
+                    speed_khz: args.speed,
+                    verify: args.verify,
+                };
+                crate::probe::flash(&plan, &options, &indicatif::MultiProgress::new())?;
+                let checked = if args.verify { ", read back and compared" } else { "" };
+                writeln!(out, "flashed {}{checked}; the chip was reset", plan.board)?;
+            }
+        }
+        Command::Factory(args) => {
+            let catalog = catalog()?;
+            let (board, plan) = plan_of(&catalog, &args.image, Some(&args.bootloader))?;
+            let bytes = crate::factory::factory(&plan, args.format)?;
             crate::write::atomically(&args.out, &bytes)?;
             writeln!(out, "{}: {} bytes for {}", args.out.display(), bytes.len(), board.name)?;
         }
@@ -592,6 +635,21 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             let mut output = crate::gateway::Output { console: out, notes: &mut notes };
             gateway.serve(&mut stream, &mut output)?;
             writeln!(notes, "gateway: the serial line closed")?;
+        }
+        Command::Boards(args) if args.check => {
+            let registry = probe_rs::config::Registry::from_builtin_families();
+            let checks: Vec<_> =
+                catalog()?.boards().iter().map(|b| crate::chip::check(b, &registry)).collect();
+            if args.json {
+                serde_json::to_writer_pretty(&mut *out, &checks)?;
+                writeln!(out)?;
+            } else {
+                checks.iter().try_for_each(|c| write!(out, "{}", c.to_text()))?;
+            }
+            let failed = checks.iter().filter(|c| !c.ok()).count();
+            if failed > 0 {
+                anyhow::bail!("{failed} of {} board files do not match their chip", checks.len());
+            }
         }
         Command::Boards(args) => {
             let catalog = catalog()?;
@@ -675,6 +733,7 @@ fn run_client(command: &Command, out: &mut dyn Write) -> Result<()> {
         | Command::Verify(_)
         | Command::Boards(_)
         | Command::Run(_)
+        | Command::Flash(_)
         | Command::Factory(_)
         | Command::Gateway(_) => {
             Err(anyhow!("internal error: {command:?} is not a server command"))
@@ -682,10 +741,20 @@ fn run_client(command: &Command, out: &mut dyn Write) -> Result<()> {
     }
 }
 
-/// The board an image file (`file`, read from `path`) is for.
-fn board_of<'c>(catalog: &'c Catalog, file: &[u8], path: &Path) -> Result<&'c boards::Board> {
-    let image = TransportImage::parse(file).with_context(|| format!("{}", path.display()))?;
-    catalog
+/// The board the image file at `path` is for, and the plan that installs it there with the
+/// bootloader `bootloader` (ELF, Intel HEX or FILE@ADDRESS) if given.
+fn plan_of<'c>(
+    catalog: &'c Catalog,
+    path: &Path,
+    bootloader: Option<&str>,
+) -> Result<(&'c boards::Board, crate::plan::FlashPlan)> {
+    let file = verify::read_image_file(path)?;
+    let image = TransportImage::parse(&file).with_context(|| format!("{}", path.display()))?;
+    let board = catalog
         .get(image.header().manifest().board())
-        .map_err(|err| anyhow!("{err}; pass its board file's folder with --boards"))
+        .map_err(|err| anyhow!("{err}; pass its board file's folder with --boards"))?;
+    let bootloader = bootloader.map(|b| crate::run::read_bootloader(b, board)).transpose()?;
+    let plan = crate::plan::FlashPlan::new(board, &file, bootloader.as_ref())
+        .with_context(|| format!("{}", path.display()))?;
+    Ok((board, plan))
 }

@@ -5,12 +5,17 @@
 //! - [`input`]: reading firmware inputs (ELF, Intel HEX, raw binary at an address).
 //! - [`fuse`]: turning inputs into one signed image for a board.
 //! - [`verify`]: checking an image file against public keys and its board.
+//! - [`plan`], [`factory`]: what a board's flash must hold to start an image, and that as one
+//!   programming file (Intel HEX, binary, ELF).
 //! - [`client`]: the ota-server client commands (`push`, `release`, `promote`, `status`, ...).
 //! - [`console`], [`run`], [`gateway`]: a device's UART (console text and link frames), QEMU, and
 //!   the bridge from the serial link to the server.
+//! - [`probe`]: `imager flash`, the plan carried out through a debug probe (probe-rs).
+//! - [`chip`]: board files checked against probe-rs's chip database.
 //! - [`cli`]: argument parsing and output.
 
 mod board_list;
+pub mod chip;
 pub mod cli;
 pub mod client;
 pub mod console;
@@ -19,6 +24,8 @@ pub mod fuse;
 pub mod gateway;
 pub mod input;
 pub mod keys;
+pub mod plan;
+pub mod probe;
 pub mod run;
 pub mod verify;
 mod write;

@@ -1,6 +1,6 @@
-//! `imager run`: boot an image in QEMU. The board's whole flash is laid out as a device would
-//! hold it after the factory (the bootloader in its partition, the image's installed form in
-//! slot A, everything else erased) and written into QEMU's flash through its gdbstub, not with
+//! `imager run`: boot an image in QEMU. The board's whole flash is laid out as the flash plan
+//! leaves it (`crate::plan`: the bootloader in its partition, the image's installed form in
+//! slot A, a state log saying it is confirmed, everything else erased) and written into QEMU's flash through its gdbstub, not with
 //! `-kernel`: QEMU reloads `-kernel` content at every guest reset, which would undo the
 //! bootloader's swaps (see `firmware/device/NOTES.md`).
 
@@ -11,46 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use boards::Board;
-use firmware::image::{TransportImage, installed_form};
 
 use crate::input::{Input, elf_machine_for};
-
-/// The board's whole flash as the factory leaves it: `bootloader` (if given) in the bootloader
-/// partition, the installed form of `image` in slot A, the rest erased.
-pub fn flash_image(board: &Board, image: &[u8], bootloader: Option<&Input>) -> Result<Vec<u8>> {
-    let parsed = TransportImage::parse(image)?;
-    let for_board = parsed.header().manifest().board();
-    if for_board != board.name {
-        bail!("the image is for board {for_board:?}, not {}", board.name);
-    }
-    let erased = board.flash.erased_value;
-    let mut flash = vec![erased; board.flash.size as usize];
-    let base = u64::from(board.flash.base);
-    if let Some(bl) = bootloader {
-        let part = board.partitions.bootloader;
-        let (start, end) = (base + u64::from(part.offset), base + part.end());
-        for s in &bl.segments {
-            if u64::from(s.address) < start || s.end() > end {
-                bail!(
-                    "{}: bytes at {:#x}..{:#x} lie outside the bootloader partition {start:#x}..{end:#x}",
-                    bl.path.display(),
-                    s.address,
-                    s.end()
-                );
-            }
-            let at = (u64::from(s.address) - base) as usize;
-            flash[at..at + s.bytes.len()].copy_from_slice(&s.bytes);
-        }
-    }
-    let slot_a = board.slot_a_address();
-    let installed = installed_form(image, slot_a, erased)?;
-    let at = (u64::from(slot_a) - base) as usize;
-    if installed.len() > board.partitions.slot_a.size as usize {
-        bail!("the installed image ({} bytes) does not fit slot A", installed.len());
-    }
-    flash[at..at + installed.len()].copy_from_slice(&installed);
-    Ok(flash)
-}
 
 /// Reads a bootloader file (ELF, Intel HEX or `FILE@ADDRESS`) for `board`.
 pub fn read_bootloader(spec: &str, board: &Board) -> Result<Input> {
@@ -342,58 +304,9 @@ impl Gdb {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::input::{InputKind, Segment};
-    use firmware::image::{ComponentSource, ImageSpec, Role, encode_image};
-
-    fn image(board: &str) -> Vec<u8> {
-        let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
-        let spec = ImageSpec {
-            board: board.into(),
-            version: "1.0.0".parse().unwrap(),
-            security_counter: 0,
-            compression: None,
-            components: vec![ComponentSource {
-                role: Role::Os,
-                name: "os".into(),
-                load_address: 0x1_0400,
-                bytes: vec![0x5A; 3000],
-            }],
-            slot: None,
-        };
-        encode_image(&spec, &[key]).unwrap().bytes
-    }
-
-    fn bootloader(address: u32, len: usize) -> Input {
-        Input {
-            path: "bl.bin".into(),
-            kind: InputKind::Raw,
-            segments: vec![Segment { address, bytes: vec![0xB0; len] }],
-        }
-    }
 
     #[test]
-    fn flash_holds_bootloader_installed_image_and_erased_rest() {
-        let catalog = boards::Catalog::builtin().unwrap();
-        let board = catalog.get("microbit").unwrap();
-        let flash = flash_image(board, &image("microbit"), Some(&bootloader(0, 100))).unwrap();
-        assert_eq!(flash.len(), 0x4_0000);
-        assert!(flash[..100].iter().all(|&b| b == 0xB0));
-        assert!(flash[100..0x1_0000].iter().all(|&b| b == 0xFF));
-        assert_eq!(&flash[0x1_0000..0x1_0004], b"FWIM");
-        assert!(flash[0x1_0400..0x1_0400 + 3000].iter().all(|&b| b == 0x5A));
-        assert!(flash[0x1_0400 + 3000..].iter().all(|&b| b == 0xFF));
-    }
-
-    #[test]
-    fn refusals() {
-        let catalog = boards::Catalog::builtin().unwrap();
-        let board = catalog.get("microbit").unwrap();
-        let err = flash_image(board, &image("rpi-pico"), None).unwrap_err().to_string();
-        assert!(err.contains("not microbit"), "{err}");
-        let err = flash_image(board, &image("microbit"), Some(&bootloader(0xFF00, 0x200)))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("outside the bootloader partition"), "{err}");
+    fn serial_specs() {
         assert_eq!("tcp:4444".parse::<Serial>(), Ok(Serial::Tcp(4444)));
         assert!("tcp:x".parse::<Serial>().is_err());
     }

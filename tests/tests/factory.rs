@@ -1,6 +1,7 @@
-//! `imager factory`: the programming file holds exactly the bytes `imager run` lays into the
-//! flash, at the same addresses, in Intel HEX (read back by our reader and by Debian's
-//! `arm-none-eabi-objcopy`) and as a padded binary.
+//! `imager factory` on the command line: the programming file holds exactly the flash plan's
+//! bytes (what `imager run` lays into the flash and `imager flash` programs), at the same
+//! addresses, in Intel HEX (read back by our reader and by Debian's `arm-none-eabi-objcopy`),
+//! as ELF and as a padded binary. `flash_plan.rs` checks the plan and the files for every board.
 
 mod common;
 
@@ -19,11 +20,12 @@ fn inputs(dir: &tempfile::TempDir) -> (String, String, Vec<u8>) {
 }
 
 #[test]
-fn hex_and_bin_hold_the_flash_imager_run_would_program() {
+fn hex_bin_and_elf_hold_the_flash_imager_run_would_program() {
     let dir = tempfile::tempdir().unwrap();
     let (image, bootloader, boot_bytes) = inputs(&dir);
-    let (bin, hex) = (path(&dir, "factory.bin"), path(&dir, "factory.hex"));
-    for (format, out) in [("bin", &bin), ("hex", &hex)] {
+    let (bin, hex, elf) =
+        (path(&dir, "factory.bin"), path(&dir, "factory.hex"), path(&dir, "factory.elf"));
+    for (format, out) in [("bin", &bin), ("hex", &hex), ("elf", &elf)] {
         ok(
             None,
             &["factory", &image, "--bootloader", &bootloader, "--format", format, "--out", out],
@@ -34,8 +36,9 @@ fn hex_and_bin_hold_the_flash_imager_run_would_program() {
     let catalog = boards::Catalog::builtin().unwrap();
     let board = catalog.get("microbit").unwrap();
     let loader = imager::run::read_bootloader(&bootloader, board).unwrap();
-    let flash =
-        imager::run::flash_image(board, &std::fs::read(&image).unwrap(), Some(&loader)).unwrap();
+    let plan = imager::plan::FlashPlan::new(board, &std::fs::read(&image).unwrap(), Some(&loader))
+        .unwrap();
+    let flash = plan.flash();
     let bin = std::fs::read(&bin).unwrap();
     assert_eq!(bin[..], flash[..bin.len()]);
     assert!(flash[bin.len()..].iter().all(|&b| b == board.flash.erased_value));
@@ -49,23 +52,22 @@ fn hex_and_bin_hold_the_flash_imager_run_would_program() {
     .unwrap();
     assert_eq!(bin[slot_a..slot_a + installed.len()], installed[..]);
 
-    // The HEX read back by imager's own reader: the same bytes at the same addresses.
-    let read = imager::input::Input::read(&hex, None).unwrap();
-    let mut from_hex = vec![board.flash.erased_value; bin.len()];
-    for s in &read.segments {
-        let at = (s.address - board.flash.base) as usize;
-        from_hex[at..at + s.bytes.len()].copy_from_slice(&s.bytes);
+    // The HEX and ELF read back by imager's own reader: the same bytes at the same addresses.
+    // And by GNU objcopy, gaps filled with the erased value.
+    for (file, format) in [(&hex, "ihex"), (&elf, "elf32-littlearm")] {
+        let erased = board.flash.erased_value;
+        assert!(read_back(file, board.flash.base, erased, bin.len()) == bin, "{file}");
+        assert!(objcopy_binary(file, format, erased) == bin, "{file}");
     }
-    assert_eq!(from_hex, bin);
 
-    // And by GNU objcopy (Debian's binutils-arm-none-eabi), gaps filled with the erased value.
-    let objcopy_out = path(&dir, "objcopy.bin");
-    let status = Command::new("arm-none-eabi-objcopy")
-        .args(["-I", "ihex", "-O", "binary", "--gap-fill", "0xff", &hex, &objcopy_out])
-        .status()
-        .expect("arm-none-eabi-objcopy is needed (Debian: binutils-arm-none-eabi)");
-    assert!(status.success());
-    assert_eq!(std::fs::read(&objcopy_out).unwrap(), bin);
+    // The ELF's segments name their partitions, as `arm-none-eabi-readelf` shows them.
+    let readelf = Command::new("arm-none-eabi-readelf").args(["-lS", &elf]).output().unwrap();
+    let text = String::from_utf8_lossy(&readelf.stdout);
+    assert!(readelf.status.success(), "{text}");
+    for section in [".bootloader", ".slot_a", ".state"] {
+        assert!(text.contains(section), "{section} in\n{text}");
+    }
+    assert_eq!(text.matches("  LOAD ").count(), 3, "{text}");
 }
 
 #[test]

@@ -13,7 +13,7 @@
 
 use embedded_storage::nor_flash::NorFlash;
 
-use super::record::{Record, SLOT};
+use super::record::{ImageTag, Record, SLOT};
 use super::{Phase, State};
 use crate::flash::io::{self, FlashError};
 use crate::flash::{FlashLayout, Region};
@@ -96,6 +96,24 @@ impl<'l> StateLog<'l> {
                 Ok(log)
             }
         }
+    }
+
+    /// The log of a device being programmed (by a debug probe, or in a factory file): the whole
+    /// partition erased, then a fresh log whose one record says the image in slot A is
+    /// confirmed and its security counter the lowest the device accepts from now on.
+    ///
+    /// Erasing every unit matters: a unit left over from the flash's earlier life, with a higher
+    /// sequence, would otherwise be taken as the current one.
+    pub fn initialize<F: NorFlash>(
+        flash: &mut F,
+        layout: &'l FlashLayout,
+        image: ImageTag,
+        security_counter: u32,
+    ) -> Result<Self, StateError> {
+        io::erase(flash, layout.state())?;
+        let mut log = StateLog::open(flash, layout)?;
+        log.append(flash, Record::Confirmed { image, security_counter })?;
+        Ok(log)
     }
 
     fn at(layout: &'l FlashLayout, unit_index: u32, sequence: u32) -> Self {

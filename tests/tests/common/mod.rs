@@ -240,3 +240,27 @@ pub fn fuse_files(
     let summary: Value = serde_json::from_str(&ok(None, &["inspect", &out, "--json"])).unwrap();
     (out, summary["id"].as_str().unwrap().to_owned())
 }
+
+/// The bytes a programming file (Intel HEX or ELF) puts at `base..base + len`, as imager's own
+/// reader sees them, other bytes `erased`.
+pub fn read_back(file: &str, base: u32, erased: u8, len: usize) -> Vec<u8> {
+    let read = imager::input::Input::read(file, None).unwrap();
+    let mut back = vec![erased; len];
+    for s in &read.segments {
+        let at = (s.address - base) as usize;
+        back[at..at + s.bytes.len()].copy_from_slice(&s.bytes);
+    }
+    back
+}
+
+/// A programming file (`format`: `ihex` or `elf32-littlearm`) as GNU objcopy (Debian's
+/// binutils-arm-none-eabi) turns it into a binary: from its lowest address, gaps `erased`.
+pub fn objcopy_binary(file: &str, format: &str, erased: u8) -> Vec<u8> {
+    let out = format!("{file}.objcopy.bin");
+    let status = Command::new("arm-none-eabi-objcopy")
+        .args(["-I", format, "-O", "binary", "--gap-fill", &format!("{erased:#x}"), file, &out])
+        .status()
+        .expect("arm-none-eabi-objcopy is needed (Debian: binutils-arm-none-eabi)");
+    assert!(status.success(), "objcopy of {file}");
+    std::fs::read(&out).unwrap()
+}
