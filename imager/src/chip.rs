@@ -75,30 +75,55 @@ pub fn check(board: &Board, registry: &Registry) -> ChipCheck {
     check_core(board, &target, &mut report);
     check_ram(board, &target, &mut report);
     let flash = flash_range(board);
-    let Some(region) = target.memory_map.iter().find_map(|r| match r {
-        MemoryRegion::Nvm(nvm) if !nvm.is_alias && contains(&nvm.range, &flash) => Some(nvm),
-        _ => None,
-    }) else {
+    let Some(parts) = covering_regions(&target, &flash) else {
         report.problems.push(format!(
-            "flash {} is not inside any flash region of {} ({})",
+            "flash {} is not inside {}'s flash ({})",
             show(&flash),
             target.name,
             regions(&target, true)
         ));
         return report;
     };
-    if region.range != flash {
+    if let [region] = parts.as_slice()
+        && *region != flash
+    {
         report.notes.push(format!(
             "{}'s flash region is {} ({}); the board file's {} at {:#x} rules (external flash behind an XIP window, or a smaller part)",
             target.name,
-            show(&region.range),
-            kib(region.range.end - region.range.start),
+            show(region),
+            kib(region.end - region.start),
             kib(flash.end - flash.start),
             flash.start
         ));
     }
-    check_sectors(board, &target, &flash, &mut report);
+    check_sectors(board, &target, &flash, &parts, &mut report);
     report
+}
+
+/// The chip's flash regions that together hold `flash`, in address order (a dual-bank chip
+/// lists one per bank); `None` if they leave part of it out.
+fn covering_regions(target: &Target, flash: &Range<u64>) -> Option<Vec<Range<u64>>> {
+    let mut parts: Vec<Range<u64>> = target
+        .memory_map
+        .iter()
+        .filter_map(|r| match r {
+            MemoryRegion::Nvm(nvm)
+                if !nvm.is_alias && nvm.range.start < flash.end && flash.start < nvm.range.end =>
+            {
+                Some(nvm.range.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    parts.sort_by_key(|r| r.start);
+    let mut covered = flash.start;
+    for part in &parts {
+        if part.start > covered {
+            return None;
+        }
+        covered = covered.max(part.end);
+    }
+    (!parts.is_empty() && covered >= flash.end).then_some(parts)
 }
 
 /// The Rust target's core against the chip's first core.
@@ -138,38 +163,51 @@ fn check_ram(board: &Board, target: &Target, report: &mut ChipCheck) {
     }
 }
 
-/// Partitions and the board's erase units against the sectors of the chip's flash algorithm.
-fn check_sectors(board: &Board, target: &Target, flash: &Range<u64>, report: &mut ChipCheck) {
-    let algorithms: Vec<_> = target
-        .flash_algorithms
-        .iter()
-        .filter(|a| contains(&a.flash_properties.address_range, flash))
-        .collect();
-    let Some(algorithm) = algorithms.iter().find(|a| a.default).or(algorithms.first()) else {
-        report.problems.push(format!(
-            "{} has no flash algorithm for {}: probe-rs cannot program it",
-            target.name,
-            show(flash)
-        ));
-        return;
-    };
-    let properties = &algorithm.flash_properties;
-    if properties.erased_byte_value != board.flash.erased_value {
-        report.problems.push(format!(
-            "erased_value {:#04x}, but {}'s flash reads {:#04x} when erased",
-            board.flash.erased_value, target.name, properties.erased_byte_value
-        ));
-    }
-    let sectors = match sectors(&properties.address_range, &properties.sectors, flash) {
-        Ok(sectors) => sectors,
-        Err(why) => {
-            report.problems.push(format!("{}'s sector list: {why}", target.name));
+/// Partitions and the board's erase units against the sectors of the chip's flash algorithms
+/// (one per region `parts` lists).
+fn check_sectors(
+    board: &Board,
+    target: &Target,
+    flash: &Range<u64>,
+    parts: &[Range<u64>],
+    report: &mut ChipCheck,
+) {
+    let mut sectors = Vec::new();
+    for part in parts {
+        let piece = part.start.max(flash.start)..part.end.min(flash.end);
+        let algorithms: Vec<_> = target
+            .flash_algorithms
+            .iter()
+            .filter(|a| contains(&a.flash_properties.address_range, &piece))
+            .collect();
+        let Some(algorithm) = algorithms.iter().find(|a| a.default).or(algorithms.first()) else {
+            report.problems.push(format!(
+                "{} has no flash algorithm for {}: probe-rs cannot program it",
+                target.name,
+                show(&piece)
+            ));
             return;
+        };
+        let properties = &algorithm.flash_properties;
+        if properties.erased_byte_value != board.flash.erased_value {
+            report.problems.push(format!(
+                "erased_value {:#04x}, but {}'s flash reads {:#04x} when erased",
+                board.flash.erased_value, target.name, properties.erased_byte_value
+            ));
         }
-    };
-    let grid = |address: u64| {
-        sectors.binary_search_by_key(&address, |s| s.start).is_ok() || address == flash.end
-    };
+        match sectors_in(&properties.address_range, &properties.sectors, &piece) {
+            Ok(found) => sectors.extend(found),
+            Err(why) => {
+                report.problems.push(format!("{}'s sector list: {why}", target.name));
+                return;
+            }
+        }
+    }
+    // Sector boundaries: where a sector starts or ends.
+    let mut bounds: Vec<u64> = sectors.iter().flat_map(|s| [s.start, s.end]).collect();
+    bounds.sort_unstable();
+    bounds.dedup();
+    let grid = |address: u64| bounds.binary_search(&address).is_ok();
     let around = |address: u64| {
         let before = sectors.iter().rev().find(|s| s.start <= address);
         match before {
@@ -210,7 +248,7 @@ fn check_sectors(board: &Board, target: &Target, flash: &Range<u64>, report: &mu
 
 /// The chip's sectors that lie in `within`, in order, from probe-rs's run-length list (each
 /// entry: a sector size and the offset from the algorithm's start where that size begins).
-fn sectors(
+fn sectors_in(
     range: &Range<u64>,
     list: &[probe_rs::config::SectorDescription],
     within: &Range<u64>,
@@ -273,4 +311,91 @@ fn regions(target: &Target, nvm: bool) -> String {
         })
         .collect();
     if list.is_empty() { "none".into() } else { list.join(", ") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn board(toml: &str) -> Board {
+        Board::from_toml(toml, "test.toml", None).unwrap()
+    }
+
+    /// STM32F429ZI: 2 MiB in two banks that probe-rs lists as two regions, each with the
+    /// F4's 16/64/128 KiB sectors.
+    const DUAL_BANK: &str = r#"
+name = "disco-f429"
+description = "dual bank"
+chip = "STM32F429ZITx"
+target = "thumbv7em-none-eabihf"
+[flash]
+base = 0x0800_0000
+size = 0x20_0000
+sectors = [
+    { size = 0x4000, count = 4 }, { size = 0x1_0000, count = 1 }, { size = 0x2_0000, count = 7 },
+    { size = 0x4000, count = 4 }, { size = 0x1_0000, count = 1 }, { size = 0x2_0000, count = 7 },
+]
+write_unit = 4
+erased_value = 0xFF
+[ram]
+base = 0x2000_0000
+size = 0x3_0000
+[partitions]
+bootloader = { offset = 0x0, size = 0xC000 }
+state = { offset = 0xC000, size = 0x1_4000 }
+slot_a = { offset = 0x2_0000, size = 0x6_0000 }
+slot_b = { offset = 0x8_0000, size = 0x8_0000 }
+[image]
+header_size = 0x400
+"#;
+
+    #[test]
+    fn a_flash_over_two_banks_is_checked_against_both() {
+        let registry = Registry::from_builtin_families();
+        let check = check(&board(DUAL_BANK), &registry);
+        assert!(check.ok(), "{check:?}");
+
+        // A board file that takes the second bank for 16 KiB sectors throughout: its unit at
+        // 0x8114000 lies inside the chip's 64 KiB sector.
+        let fine = DUAL_BANK.replacen(
+            "{ size = 0x4000, count = 4 }, { size = 0x1_0000, count = 1 }, { size = 0x2_0000, count = 7 },\n]",
+            "{ size = 0x4000, count = 64 },\n]",
+            1,
+        );
+        assert_ne!(fine, DUAL_BANK);
+        let check = super::check(&board(&fine), &registry);
+        assert!(
+            check.problems.iter().any(|p| p.contains("erase unit at 0x8114000 (16 KiB)")),
+            "{check:?}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_chip_is_named_with_close_ones() {
+        let registry = Registry::from_builtin_families();
+        let text = include_str!("../../boards/defs/microbit.toml")
+            .replace("chip = \"nRF51822_xxAA\"", "chip = \"nRF51822_xxZZ\"");
+        let check = check(&board(&text), &registry);
+        assert_eq!(check.problems.len(), 1, "{check:?}");
+        assert!(
+            check.problems[0]
+                .contains("\"nRF51822_xxZZ\" is not in probe-rs's target database (similar: nRF51"),
+            "{check:?}"
+        );
+    }
+
+    #[test]
+    fn a_core_of_another_kind_is_a_problem() {
+        let registry = Registry::from_builtin_families();
+        let text = include_str!("../../boards/defs/microbit.toml")
+            .replace("thumbv6m-none-eabi", "thumbv7em-none-eabihf");
+        let check = check(&board(&text), &registry);
+        assert!(
+            check
+                .problems
+                .iter()
+                .any(|p| p.contains("builds for Armv7em cores, nRF51822_xxAA has a Armv6m core")),
+            "{check:?}"
+        );
+    }
 }

@@ -600,7 +600,8 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         }
         Command::Flash(args) => {
             let catalog = catalog()?;
-            let (_, plan) = plan_of(&catalog, &args.image, args.bootloader.as_deref())?;
+            let (board, plan) = plan_of(&catalog, &args.image, args.bootloader.as_deref())?;
+            crate::probe::ensure_matches_chip(board)?;
             write!(out, "{}", plan.to_text())?;
             if !args.dry_run {
                 let options = crate::probe::ProbeOptions {

@@ -105,7 +105,8 @@ fn elf(plan: &FlashPlan) -> Result<Vec<u8>> {
         abi_version: 0,
         e_type: elf::ET_EXEC,
         e_machine: elf::EM_ARM,
-        e_entry: u64::from(plan.flash_base()),
+        // Programmers take the segments; a Cortex-M starts from its vector table, not here.
+        e_entry: 0,
         e_flags: elf::EF_ARM_EABI_VER5,
     })?;
     w.write_align_program_headers();
@@ -119,7 +120,7 @@ fn elf(plan: &FlashPlan) -> Result<Vec<u8>> {
             p_paddr: u64::from(p.address),
             p_filesz: len,
             p_memsz: len,
-            p_align: 4,
+            p_align: 1,
         });
     }
     for p in programs {
@@ -138,7 +139,7 @@ fn elf(plan: &FlashPlan) -> Result<Vec<u8>> {
             sh_size: p.bytes.len() as u64,
             sh_link: 0,
             sh_info: 0,
-            sh_addralign: 4,
+            sh_addralign: 1,
             sh_entsize: 0,
         });
     }

@@ -4,12 +4,13 @@
 //! what a developer flashes, what the production line programs and what the emulator boots are
 //! the same bytes.
 //!
-//! A plan erases every partition it touches (the bootloader's only when a bootloader is given),
-//! then programs the bootloader, the image's installed form in slot A and, last, a state log
-//! that says slot A's image is confirmed (see `firmware::state::StateLog::initialize`). The
-//! state comes last so that a device cut off half-way has no record naming an image that is
-//! not all there; and every partition is erased whole, so the device afterwards reads exactly
-//! as [`FlashPlan::flash`] says, whatever the flash held before.
+//! A plan erases every partition it touches, the state partition first (the bootloader's only
+//! when a bootloader is given), then programs the bootloader, the image's installed form in
+//! slot A and, last, a state log that says slot A's image is confirmed (see
+//! `firmware::state::StateLog::initialize`). The state is erased first and written last so
+//! that a device cut off half-way has no record naming an image that is not all there; and
+//! every partition is erased whole, so the device afterwards reads exactly as
+//! [`FlashPlan::flash`] says, whatever the flash held before.
 
 use anyhow::{Context, Result, bail};
 use boards::{Board, Partition, PartitionName};
@@ -88,16 +89,23 @@ impl FlashPlan {
             size: part(name).size,
         };
 
-        let mut erase = Vec::new();
+        // The state partition is erased first: a flash cut off after that holds a fresh log
+        // (slot A boots confirmed if it is whole), never the old log naming an image whose
+        // slot is already erased.
+        let mut erase = vec![erase_of(PartitionName::State)];
         let mut program = Vec::new();
         if let Some(bl) = bootloader {
             erase.push(erase_of(PartitionName::Bootloader));
             program.extend(bootloader_programs(board, bl)?);
         }
-        erase.extend(
-            [PartitionName::SlotA, PartitionName::SlotB, PartitionName::State].map(erase_of),
-        );
+        erase.extend([PartitionName::SlotA, PartitionName::SlotB].map(erase_of));
 
+        // The device's own check that every component lies in slot A after the header, before
+        // the installed form (as large as the highest component's end) is built.
+        let layout = board.flash_layout().with_context(|| format!("board {}", board.name))?;
+        manifest
+            .check_layout(&layout.slot_layout(), parsed.header().len())
+            .map_err(|e| anyhow::anyhow!("the image does not fit {}'s slot A: {e}", board.name))?;
         let slot_a = board.slot_a_address();
         let installed = installed_form(image, slot_a, erased)?;
         if installed.len() > part(PartitionName::SlotA).size as usize {
@@ -249,6 +257,10 @@ mod tests {
     use firmware::image::{ComponentSource, ImageSpec, Role, encode_image};
 
     fn image(board: &str, security_counter: u32) -> Vec<u8> {
+        image_at(board, security_counter, 0x1_0400)
+    }
+
+    fn image_at(board: &str, security_counter: u32, load_address: u32) -> Vec<u8> {
         let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
         let spec = ImageSpec {
             board: board.into(),
@@ -258,7 +270,7 @@ mod tests {
             components: vec![ComponentSource {
                 role: Role::Os,
                 name: "os".into(),
-                load_address: 0x1_0400,
+                load_address,
                 bytes: vec![0x5A; 3000],
             }],
             slot: None,
@@ -297,7 +309,7 @@ mod tests {
         assert_eq!(state.outcome.map(|o| o.image), Some(ImageTag::of(&plan.image)));
 
         let erased: Vec<_> = plan.erase.iter().map(|e| e.partition.as_str()).collect();
-        assert_eq!(erased, ["bootloader", "slot_a", "slot_b", "state"]);
+        assert_eq!(erased, ["state", "bootloader", "slot_a", "slot_b"]);
         let programmed: Vec<_> = plan.program.iter().map(|p| p.partition.as_str()).collect();
         assert_eq!(programmed, ["bootloader", "slot_a", "state"]);
     }
@@ -322,5 +334,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("outside the bootloader partition"), "{err}");
+        // A component past slot A (a signed image made without a board's layout): refused by
+        // the device's own layout check, before anything as large as its address is built.
+        let far = image_at("microbit", 0, 0xF000_0000);
+        let err = FlashPlan::new(board, &far, None).unwrap_err().to_string();
+        assert!(err.contains("does not fit microbit's slot A"), "{err}");
     }
 }

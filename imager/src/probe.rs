@@ -14,6 +14,8 @@ use probe_rs::probe::DebugProbeSelector;
 use probe_rs::probe::list::{Accessibility, Lister};
 use probe_rs::{Permissions, Target};
 
+use boards::Board;
+
 use crate::plan::FlashPlan;
 
 /// How to reach the chip.
@@ -40,8 +42,24 @@ pub fn parse_selector(s: &str) -> Result<DebugProbeSelector, String> {
         .map_err(|_| format!("{s:?}: expected VID:PID or VID:PID:SERIAL, with hex ids as lsusb prints them (e.g. 0d28:0204)"))
 }
 
+/// Refuses a board whose file does not match its chip (`crate::chip`): erasing a partition
+/// off the chip's sector grid erases only the sectors wholly inside it, and programming what
+/// was not erased corrupts the flash.
+pub fn ensure_matches_chip(board: &Board) -> Result<()> {
+    let check = crate::chip::check(board, &Registry::from_builtin_families());
+    if !check.ok() {
+        bail!(
+            "board {} does not match chip {}: {} (see `imager boards --check`)",
+            board.name,
+            board.chip,
+            check.problems.join("; ")
+        );
+    }
+    Ok(())
+}
+
 /// Carries out `plan` through a probe; progress goes to `bars` (drawn on the terminal, hidden
-/// when it is not one).
+/// when it is not one). The board must match its chip ([`ensure_matches_chip`]).
 pub fn flash(plan: &FlashPlan, options: &ProbeOptions, bars: &MultiProgress) -> Result<()> {
     let target = target(&plan.chip)?;
     let downloads = downloads(plan, &target)?;
@@ -53,12 +71,23 @@ pub fn flash(plan: &FlashPlan, options: &ProbeOptions, bars: &MultiProgress) -> 
             .with_context(|| format!("setting the probe speed to {khz} kHz"))?;
         bars.println(format!("probe {info}: {set} kHz")).ok();
     }
-    let mut session = probe.attach(target, Permissions::default()).with_context(|| {
-        format!(
-            "attaching to {} through {info} (is the board powered and the cable seated?)",
+    let mut session = match probe.attach(target, Permissions::default()) {
+        Ok(session) => session,
+        Err(probe_rs::Error::MissingPermissions(why)) => bail!(
+            "{} is locked ({why}); unlocking it erases the whole chip, the provisioning record \
+             with it, which imager does not do: re-provision it deliberately (e.g. `probe-rs \
+             erase --allow-erase-all`, then flash the bootloader)",
             plan.chip
-        )
-    })?;
+        ),
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!(
+                    "attaching to {} through {info} (is the board powered and the cable seated?)",
+                    plan.chip
+                )
+            });
+        }
+    };
 
     let erase_bar = bar(bars, plan.erase_bytes(), "erase");
     for e in &plan.erase {
@@ -76,7 +105,9 @@ pub fn flash(plan: &FlashPlan, options: &ProbeOptions, bars: &MultiProgress) -> 
         download.progress = FlashProgress::new(|event| events.on(event));
         download.skip_erase = true;
         download.verify = options.verify;
-        loader.commit(&mut session, download).with_context(|| format!("programming the {what}"))?;
+        let done = loader.commit(&mut session, download);
+        events.finish();
+        done.with_context(|| format!("programming the {what}"))?;
     }
 
     session.core(0).and_then(|mut core| core.reset()).context("resetting the chip")?;
@@ -168,6 +199,11 @@ impl<'m> Bars<'m> {
             .map(|(_, b)| b)
     }
 
+    /// Ends every bar still drawn (probe-rs does not finish a bar it sent no progress for).
+    fn finish(&self) {
+        self.shown.iter().filter(|(_, b)| !b.is_finished()).for_each(|(_, b)| b.finish());
+    }
+
     fn on(&mut self, event: ProgressEvent) {
         let name = |op| match op {
             ProgressOperation::Fill => "read back",
@@ -176,6 +212,8 @@ impl<'m> Bars<'m> {
             ProgressOperation::Verify => "verify",
         };
         match event {
+            // imager erased the partitions itself (downloads skip erasing): no bar for it.
+            ProgressEvent::AddProgressBar { operation: ProgressOperation::Erase, .. } => {}
             ProgressEvent::AddProgressBar { operation, total } => {
                 let b = bar(
                     self.bars,

@@ -24,10 +24,10 @@ fn a_dry_run_prints_the_plan_without_a_probe() {
     assert!(lines[0].starts_with("flash plan for microbit (nRF51822_xxAA): image "), "{text}");
     // The micro:bit's partitions, erased whole, in the plan's order; then the programs.
     let expected = [
+        ("erase", "0x0003e000..0x00040000", "state"),
         ("erase", "0x00000000..0x00010000", "bootloader"),
         ("erase", "0x00010000..0x00026c00", "slot_a"),
         ("erase", "0x00026c00..0x0003e000", "slot_b"),
-        ("erase", "0x0003e000..0x00040000", "state"),
         ("program", "0x00000000..0x00000fa0", "bootloader:"),
         ("program", "0x00010000..", "slot_a: image"),
         ("program", "0x0003e000..", "state: state log: image"),
@@ -45,12 +45,12 @@ fn a_dry_run_prints_the_plan_without_a_probe() {
 fn without_a_probe_flashing_fails_saying_so_and_how_to_check_permissions() {
     let dir = tempfile::tempdir().unwrap();
     let image = image(&dir);
-    let err = fails(None, &["flash", &image]);
-    assert!(err.contains("no debug probe found"), "{err}");
-    assert!(err.contains("udev"), "{err}");
+    // A selector no real probe matches: on a developer's machine with a probe attached, this
+    // test must not flash it. (Without --probe the search is the same, over every probe.)
+    let err = fails(None, &["flash", &image, "--probe", "ffff:fffe:NO-SUCH-PROBE", "--verify"]);
+    assert!(err.contains("no debug probe found matching ffff:fffe"), "{err}");
+    assert!(err.contains("lsusb") && err.contains("udev rules"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
-    let err = fails(None, &["flash", &image, "--probe", "0d28:0204:ABC", "--verify"]);
-    assert!(err.contains("no debug probe found matching 0d28:0204"), "{err}");
     // A usage error (clap's exit code 2), named as such.
     let out = imager(None, &["flash", &image, "--probe", "micro:bit"]);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -102,4 +102,22 @@ fn a_partition_off_the_chips_sector_grid_fails_the_check_by_name() {
         "{text}"
     );
     assert!(text.lines().any(|l| l.starts_with("ok") && l.contains("nrf52840dk")), "{text}");
+
+    // And `imager flash` refuses such a board, even for a dry run, before looking for a probe.
+    let boards = dir.path().to_str().unwrap();
+    let os = path(&dir, "os.bin");
+    std::fs::write(&os, vec![0x11u8; 2048]).unwrap();
+    let image = path(&dir, "fine.fwi");
+    let key = fixture("keys/openssl-ed25519.pem");
+    let fuse = ["--boards", boards, "fuse", "--board", "nrf52840-fine", "--version", "1.0.0"];
+    let os_arg = format!("{os}@0x10400");
+    let mut args = fuse.to_vec();
+    args.extend(["--os", &os_arg, "--key", key.to_str().unwrap(), "--out", &image]);
+    ok(None, &args);
+    let err = fails(None, &["--boards", boards, "flash", &image, "--dry-run"]);
+    assert!(
+        err.contains("board nrf52840-fine does not match chip nRF52840_xxAA: partition slot_b"),
+        "{err}"
+    );
+    assert!(err.contains("imager boards --check"), "{err}");
 }
