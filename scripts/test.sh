@@ -13,6 +13,7 @@ need_apt qemu-system-arm qemu-system-arm "the micro:bit runs in QEMU"
 need_apt arm-none-eabi-objcopy binutils-arm-none-eabi "factory files read back"
 need_apt openssl openssl "imager's keys read by OpenSSL"
 need_pip heatshrink2 heatshrink2==0.15.0 "the reference C heatshrink"
+need_pg "the server's tests run on PostgreSQL too"
 tools_check_done
 
 echo "running the tests:"

@@ -6,7 +6,8 @@
 #   rustup targets      rustup target add (the toolchain rustup manages)
 #   Debian packages     apt-get install, as root or through sudo without a password
 #   Python packages     a virtual environment in target/tools/venv (never the system Python)
-#   cargo programs      cargo install --root target/tools (e.g. garage)
+#   cargo programs      cargo install, linked into target/tools/bin (e.g. garage; the build is
+#                       kept in ~/.cache/fwi-tools, see need_cargo_install)
 # The environment is then set so that the tests find them: target/tools/venv/bin and
 # target/tools/bin first on PATH.
 
@@ -156,21 +157,39 @@ need_pip() {
 }
 
 # need_cargo_install COMMAND CRATE VERSION WHY [FEATURES...]: a program built from crates.io
-# into target/tools/bin, once.
+# (`cargo install --locked`; with FEATURES, only those: --no-default-features --features) into
+# target/tools/bin, once. The build itself goes outside the work tree, into
+# ${FWI_TOOLS_CACHE:-~/.cache/fwi-tools}/CRATE-VERSION[+FEATURES], and target/tools/bin links
+# to it: a fresh clone on the same machine (CI's) links it at once instead of compiling again
+# (garage takes a quarter of an hour on 2 cores). Another VERSION or FEATURES builds anew.
 need_cargo_install() {
     local cmd=$1 crate=$2 version=$3 why=$4
     shift 4
+    local features stamp root args=() cache
+    features=$(IFS=,; echo "$*")
+    stamp="$crate $version${features:+ --features $features}"
     export PATH="$tools_dir/bin:$PATH"
-    if [ -x "$tools_dir/bin/$cmd" ]; then
+    if [ -x "$tools_dir/bin/$cmd" ] && [ "$(cat "$tools_dir/bin/.$cmd.installed" 2>/dev/null)" = "$stamp" ]; then
         tools_say "$cmd" "ok"
         return
     fi
-    tools_say "$cmd" "installing: cargo install $crate@$version into target/tools ($why; a while, once)"
-    local args=()
-    [ $# -gt 0 ] && args=(--no-default-features --features "$*")
-    cargo install --quiet --locked --root "$tools_dir" "$crate" --version "$version" "${args[@]}" \
-        >"$tools_dir/$crate-install.log" 2>&1 \
-        || tools_missing+=("cargo install --locked --root $tools_dir $crate --version $version  # see $tools_dir/$crate-install.log")
+    cache=${FWI_TOOLS_CACHE:-${HOME:+$HOME/.cache/fwi-tools}}
+    root=${cache:+$cache/$crate-$version${features:++$features}}
+    root=${root:-$tools_dir}
+    [ -n "$features" ] && args=(--no-default-features --features "$features")
+    mkdir -p "$tools_dir/bin" "$root"
+    if [ -x "$root/bin/$cmd" ]; then
+        tools_say "$cmd" "ok (built before, in $root)"
+    else
+        tools_say "$cmd" "installing: cargo install $stamp ($why; a while, once)"
+        if ! cargo install --quiet --locked --root "$root" "$crate" --version "$version" "${args[@]}" \
+            >"$tools_dir/$crate-install.log" 2>&1 || [ ! -x "$root/bin/$cmd" ]; then
+            tools_missing+=("cargo install --locked --root $root $crate --version $version ${args[*]}  # see $tools_dir/$crate-install.log")
+            return
+        fi
+    fi
+    [ "$root" = "$tools_dir" ] || ln -sfn "$root/bin/$cmd" "$tools_dir/bin/$cmd"
+    echo "$stamp" >"$tools_dir/bin/.$cmd.installed"
 }
 
 # tools_check_done: stops with the commands to run if anything could not be installed.

@@ -135,7 +135,7 @@ pub enum Down<'a> {
 }
 
 /// A step of an update, as devices report it (and the server records it).
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EventKind {
     /// Started (or resumed) downloading.

@@ -8,15 +8,16 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, anyhow};
 use boards::Catalog;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use firmware::image::{HeatshrinkParams, TransportImage, Version};
-
-use firmware::image::ImageSummary;
-use ota_server::api::NewDevice;
+use firmware::image::{HeatshrinkParams, ImageSummary, TransportImage, Version};
+use ota_proto::client::Blocking;
+use ota_proto::{BoardName, DeviceFilter, DeviceId, DeviceState, EnvironmentName, NewDevice};
 use serde::Serialize;
+use strum::VariantArray;
 
 use crate::board_list::BoardView;
-use crate::client::{self, Client};
+use crate::client::{self, enroll};
 use crate::fuse::{FuseRequest, fuse};
 use crate::{keys, verify};
 
@@ -77,7 +78,7 @@ pub enum Command {
     Status(StatusArgs),
     /// List devices, optionally filtered.
     Devices(DevicesArgs),
-    /// Enroll a device, or show one.
+    /// Enroll a device (or a factory line's devices from a CSV file), or show one.
     #[command(subcommand)]
     Device(DeviceCommand),
     /// Show the audit log: who did what, newest first.
@@ -284,9 +285,15 @@ pub struct ClientArgs {
     pub server: ServerArgs,
 }
 
+impl ServerArgs {
+    fn connect(&self) -> Result<Blocking> {
+        client::connect(self.server.as_deref(), self.token.as_deref())
+    }
+}
+
 impl ClientArgs {
-    fn connect(&self) -> Result<Client> {
-        Client::new(self.server.server.as_deref(), self.server.token.as_deref())
+    fn connect(&self) -> Result<Blocking> {
+        self.server.connect()
     }
 
     /// Writes `value` as pretty JSON with `--json`, else `text()`.
@@ -324,7 +331,7 @@ pub struct PushArgs {
 digits. For an environment whose key is kept offline (prod), use `imager promote`.")]
 pub struct ReleaseArgs {
     /// Environment to release to.
-    pub env: String,
+    pub env: EnvironmentName,
     /// The image: its id or a unique prefix of at least 8 hex digits.
     pub image_id: String,
     /// Output and server.
@@ -342,7 +349,7 @@ pub struct PromoteArgs {
     pub image_id: String,
     /// Environment to promote to.
     #[arg(long, value_name = "ENV")]
-    pub to: String,
+    pub to: EnvironmentName,
     /// The environment's release private key (PKCS#8 PEM).
     #[arg(long, value_name = "PEM")]
     pub key: PathBuf,
@@ -358,10 +365,10 @@ environment's key); with --key the statement for the server's rollback target is
 pub struct RollbackArgs {
     /// Environment to roll back.
     #[arg(long, value_name = "ENV")]
-    pub env: String,
+    pub env: EnvironmentName,
     /// Board whose release to roll back (needed when the environment has several).
     #[arg(long, value_name = "NAME")]
-    pub board: Option<String>,
+    pub board: Option<BoardName>,
     /// The environment's release private key (PKCS#8 PEM), to sign the rollback here.
     #[arg(long, value_name = "PEM")]
     pub key: Option<PathBuf>,
@@ -375,10 +382,10 @@ pub struct RollbackArgs {
 pub struct PauseArgs {
     /// Environment.
     #[arg(long, value_name = "ENV")]
-    pub env: String,
+    pub env: EnvironmentName,
     /// Board whose current release it is (needed when the environment has several).
     #[arg(long, value_name = "NAME")]
-    pub board: Option<String>,
+    pub board: Option<BoardName>,
     /// Output and server.
     #[command(flatten)]
     pub client: ClientArgs,
@@ -392,30 +399,33 @@ halted rollout shows !! HALTED and why. --json prints an array of environments."
 pub struct StatusArgs {
     /// Only this environment.
     #[arg(long, value_name = "ENV")]
-    pub env: Option<String>,
+    pub env: Option<EnvironmentName>,
     /// Output and server.
     #[command(flatten)]
     pub client: ClientArgs,
 }
 
-/// Device states to filter on.
-const DEVICE_STATES: [&str; 5] = ["unseen", "current", "updating", "waiting", "failed"];
+/// The device states, as `--state` takes them (the API's names).
+fn device_state() -> impl TypedValueParser<Value = DeviceState> {
+    let names = DeviceState::VARIANTS.iter().map(|&s| <&'static str>::from(s));
+    PossibleValuesParser::new(names).try_map(|name| name.parse::<DeviceState>())
+}
 
 /// `imager devices`.
 #[derive(Args, Debug)]
 pub struct DevicesArgs {
     /// Only devices in this environment.
     #[arg(long, value_name = "ENV")]
-    pub env: Option<String>,
+    pub env: Option<EnvironmentName>,
     /// Only devices in this state.
-    #[arg(long, value_name = "STATE", value_parser = DEVICE_STATES)]
-    pub state: Option<String>,
+    #[arg(long, value_name = "STATE", value_parser = device_state())]
+    pub state: Option<DeviceState>,
     /// Only devices running this image (id or unique prefix of at least 8 hex digits).
     #[arg(long, value_name = "ID")]
     pub image: Option<String>,
     /// Only devices of this board.
     #[arg(long, value_name = "NAME")]
-    pub board: Option<String>,
+    pub board: Option<BoardName>,
     /// Output and server.
     #[command(flatten)]
     pub client: ClientArgs,
@@ -424,7 +434,8 @@ pub struct DevicesArgs {
 /// `imager device ...`.
 #[derive(Subcommand, Debug)]
 pub enum DeviceCommand {
-    /// Enroll a device; prints its token, which the server shows only this once.
+    /// Enroll a device and print its token (the server shows it only this once); or, with
+    /// --from-csv, enroll a factory line's devices at once, their tokens written to a file.
     Add(DeviceAddArgs),
     /// Show one device and its update events.
     Show(DeviceShowArgs),
@@ -432,15 +443,29 @@ pub enum DeviceCommand {
 
 /// `imager device add`.
 #[derive(Args, Debug)]
+#[command(after_help = "--from-csv FILE: one device per line, `id,board,environment` (for \
+example `sn-0001,microbit,test`); a first line naming those columns is a header; blank lines and \
+lines starting with # are skipped. Every line is checked before anything is sent, and the \
+server enrolls all the devices or none: a bad line is named by its number. The tokens go to the \
+--out file (`id,token` lines; readable by you only; never overwritten), not to the terminal.")]
 pub struct DeviceAddArgs {
     /// Device id: 1 to 64 characters of [A-Za-z0-9._:-].
-    pub id: String,
+    #[arg(required_unless_present = "from_csv", conflicts_with = "from_csv")]
+    pub id: Option<DeviceId>,
     /// Its board.
-    #[arg(long, value_name = "NAME")]
-    pub board: String,
+    #[arg(long, value_name = "NAME", required_unless_present = "from_csv")]
+    #[arg(conflicts_with = "from_csv")]
+    pub board: Option<BoardName>,
     /// Its environment.
-    #[arg(long, value_name = "ENV")]
-    pub env: String,
+    #[arg(long, value_name = "ENV", required_unless_present = "from_csv")]
+    #[arg(conflicts_with = "from_csv")]
+    pub env: Option<EnvironmentName>,
+    /// Enroll every device this CSV file lists (id,board,environment), all or none.
+    #[arg(long, value_name = "FILE", requires = "out")]
+    pub from_csv: Option<PathBuf>,
+    /// With --from-csv: the new file the devices' tokens go to (id,token; mode 0600).
+    #[arg(long, value_name = "TOKENS_FILE", requires = "from_csv")]
+    pub out: Option<PathBuf>,
     /// Output and server.
     #[command(flatten)]
     pub client: ClientArgs,
@@ -450,7 +475,7 @@ pub struct DeviceAddArgs {
 #[derive(Args, Debug)]
 pub struct DeviceShowArgs {
     /// Device id.
-    pub id: String,
+    pub id: DeviceId,
     /// Output and server.
     #[command(flatten)]
     pub client: ClientArgs,
@@ -626,7 +651,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
                 .serial
                 .strip_prefix("tcp:")
                 .ok_or_else(|| anyhow!("--serial {:?}: expected tcp:HOST:PORT", args.serial))?;
-            let client = Client::new(args.server.server.as_deref(), args.server.token.as_deref())?;
+            let client = args.server.connect()?;
             let mut stream = crate::gateway::connect(
                 address,
                 std::time::Duration::from_secs(args.connect_timeout),
@@ -690,36 +715,50 @@ fn run_client(command: &Command, out: &mut dyn Write) -> Result<()> {
             a.client.emit(out, &release, || report::release(&release))
         }
         Command::Rollback(a) => {
-            let (board, key) = (a.board.as_deref(), a.key.as_deref());
+            let (board, key) = (a.board.as_ref(), a.key.as_deref());
             let release = client::rollback(&a.client.connect()?, &a.env, board, key)?;
             a.client.emit(out, &release, || report::release(&release))
         }
         Command::Pause(a) | Command::Resume(a) => {
             let pause = matches!(command, Command::Pause(_));
             let connection = a.client.connect()?;
-            let release = client::set_paused(&connection, &a.env, a.board.as_deref(), pause)?;
+            let release = client::set_paused(&connection, &a.env, a.board.as_ref(), pause)?;
             a.client.emit(out, &release, || report::release(&release))
         }
         Command::Status(a) => {
-            let envs = client::environments(&a.client.connect()?, a.env.as_deref())?;
+            let envs = client::environments(&a.client.connect()?, a.env.as_ref())?;
             a.client.emit(out, &envs, || report::status(&envs))
         }
         Command::Devices(a) => {
-            let filter = client::DeviceFilter {
+            let filter = DeviceFilter {
                 environment: a.env.clone(),
-                state: a.state.clone(),
-                image: a.image.clone(),
                 board: a.board.clone(),
+                state: a.state,
+                ..DeviceFilter::default()
             };
-            let devices = client::devices(&a.client.connect()?, &filter)?;
+            let devices = client::devices(&a.client.connect()?, &filter, a.image.as_deref())?;
             a.client.emit(out, &devices, || report::devices(&devices))
         }
-        Command::Device(DeviceCommand::Add(a)) => {
-            let (id, board, environment) = (a.id.clone(), a.board.clone(), a.env.clone());
-            let created =
-                client::add_device(&a.client.connect()?, &NewDevice { id, board, environment })?;
-            a.client.emit(out, &created, || report::device_created(&created))
-        }
+        Command::Device(DeviceCommand::Add(a)) => match (&a.from_csv, &a.out) {
+            (Some(csv), Some(tokens)) => {
+                let enrolled = enroll::enroll(&a.client.connect()?, csv, tokens)?;
+                a.client.emit(out, &enrolled, || report::enrolled(csv, &enrolled))
+            }
+            _ => {
+                let missing = || {
+                    anyhow!(
+                        "internal error: clap let `device add` through without ID, --board or --env"
+                    )
+                };
+                let new = NewDevice {
+                    id: a.id.clone().ok_or_else(missing)?,
+                    board: a.board.clone().ok_or_else(missing)?,
+                    environment: a.env.clone().ok_or_else(missing)?,
+                };
+                let created = client::add_device(&a.client.connect()?, &new)?;
+                a.client.emit(out, &created, || report::device_created(&created))
+            }
+        },
         Command::Device(DeviceCommand::Show(a)) => {
             let detail = client::device(&a.client.connect()?, &a.id)?;
             a.client.emit(out, &detail, || report::device_detail(&detail))

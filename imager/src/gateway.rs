@@ -13,17 +13,18 @@ use anyhow::{Context, Result, anyhow, bail};
 use firmware::image::ImageId;
 use firmware::link::{self, Down, EventImage, MAX_DATA, MAX_FRAME, Piece, Splitter, Up};
 use firmware::state::ImageTag;
-use ota_server::api::{CheckIn, CheckInResponse, NewEvent};
+use ota_proto::client::{Blocking, Bytes};
+use ota_proto::{CheckIn, NewEvent};
 
-use crate::client::Client;
+use crate::client::call;
 use crate::console::{MAX_PIECE, lines_of};
 
 /// Largest image file the gateway fetches for a device.
-const MAX_IMAGE: u64 = 16 << 20;
+const MAX_IMAGE: usize = 16 << 20;
 
 /// The gateway's state: the server, and the image it is feeding the device.
 pub struct Gateway {
-    client: Client,
+    client: Blocking,
     check_again_s: u16,
     offer: Option<Offered>,
     /// Images offered in this session, newest last (at most `OFFERED`): how an event that
@@ -41,7 +42,7 @@ struct Offered {
     size: u32,
     /// `bytes` start at this offset of the file.
     base: u32,
-    bytes: Vec<u8>,
+    bytes: Bytes,
 }
 
 /// Where the text and the gateway's notes go.
@@ -55,7 +56,7 @@ pub struct Output<'a> {
 impl Gateway {
     /// A gateway to the server `client` talks to (with a device token); devices told nothing
     /// is on offer check in again after `check_again_s` seconds.
-    pub fn new(client: Client, check_again_s: u16) -> Self {
+    pub fn new(client: Blocking, check_again_s: u16) -> Self {
         Gateway { client, check_again_s, offer: None, offered: Vec::new() }
     }
 
@@ -139,13 +140,13 @@ impl Gateway {
                 Err(e) => self.failed(&mut data, notes, "event", e)?,
                 Ok(image) => {
                     let event = NewEvent {
-                        image_id: image.to_string(),
+                        image_id: image,
                         kind: *kind,
                         detail: (!detail.is_empty()).then(|| detail.to_string()),
                     };
                     let said =
                         if detail.is_empty() { String::new() } else { format!(": {detail}") };
-                    match self.client.post_quiet("/device/events", &event) {
+                    match call(&self.client, |c| c.event(&event)) {
                         Ok(()) => {
                             // Noted once the server has it.
                             writeln!(notes, "gateway: event {} {image}{said}", kind.as_str())?;
@@ -213,19 +214,17 @@ impl Gateway {
         &mut self,
         status: &firmware::update::Status,
     ) -> Result<Option<(ImageId, u32, Vec<u8>)>> {
-        let (_, answer): (u16, CheckInResponse) =
-            self.client.post("/device/checkin", Some(&CheckIn::from_status(status)))?;
+        let report = CheckIn::from_status(status);
+        let answer = call(&self.client, |c| c.checkin(&report))?;
         let Some(offer) = answer.offer else { return Ok(None) };
-        let image = ImageId::from_hex(&offer.image_id)
-            .ok_or_else(|| anyhow!("the server offered a bad image id {:?}", offer.image_id))?;
-        let release = hex::decode(&offer.release)
-            .map_err(|e| anyhow!("the offer's release statement is not hex: {e}"))?;
+        let (image, release) = (offer.image_id, offer.release.0);
         let size = u32::try_from(offer.size)
             .ok()
-            .filter(|&s| u64::from(s) <= MAX_IMAGE)
+            .filter(|&s| s as usize <= MAX_IMAGE)
             .ok_or_else(|| anyhow!("the offered image is too large ({} bytes)", offer.size))?;
         if self.offer.as_ref().is_none_or(|o| o.image != image) {
-            self.offer = Some(Offered { image, url: offer.url, size, base: 0, bytes: Vec::new() });
+            self.offer =
+                Some(Offered { image, url: offer.url, size, base: 0, bytes: Bytes::new() });
         }
         if !self.offered.contains(&image) {
             if self.offered.len() == OFFERED {
@@ -250,7 +249,8 @@ impl Gateway {
         let have = offered.base..offered.base + offered.bytes.len() as u32;
         if !(have.contains(&offset) && end <= have.end) {
             // Fetch from here to the end: a device that resumes after a reset asks for the rest.
-            let bytes = self.client.download(&offered.url, u64::from(offset), MAX_IMAGE)?;
+            let url = &offered.url;
+            let bytes = call(&self.client, |c| c.download(url, u64::from(offset), MAX_IMAGE))?;
             if u64::from(offset) + bytes.len() as u64 != u64::from(offered.size) {
                 bail!(
                     "the server sent {} bytes from byte {offset} of a {}-byte image",
@@ -314,7 +314,7 @@ mod tests {
 
     #[test]
     fn an_event_by_tag_names_an_image_this_gateway_offered_or_is_refused() {
-        let client = Client::new(Some("http://127.0.0.1:9"), Some("token")).unwrap();
+        let client = crate::client::connect(Some("http://127.0.0.1:9"), Some("token")).unwrap();
         let mut gateway = Gateway::new(client, 30);
         let (older, newer) = (ImageId([1; 32]), ImageId([2; 32]));
         let tag = |id: &ImageId| EventImage::Tag(ImageTag::of(id));

@@ -7,7 +7,8 @@
 //! - [`verify`]: checking an image file against public keys and its board.
 //! - [`plan`], [`factory`]: what a board's flash must hold to start an image, and that as one
 //!   programming file (Intel HEX, binary, ELF).
-//! - [`client`]: the ota-server client commands (`push`, `release`, `promote`, `status`, ...).
+//! - [`client`]: the ota-server commands (`push`, `release`, `promote`, `status`, `device add
+//!   --from-csv`, ...) over the API's one typed client, `ota_proto::client`.
 //! - [`console`], [`run`], [`gateway`]: a device's UART (console text and link frames), QEMU, and
 //!   the bridge from the serial link to the server.
 //! - [`probe`]: `imager flash`, the plan carried out through a debug probe (probe-rs).

@@ -1,9 +1,9 @@
 //! Writing output files so that a crash or an error never leaves half a file behind.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
 
 /// Writes `bytes` to `path` through a temporary file in the same folder, synced and renamed
 /// into place: `path` holds either its old content or all of the new.
@@ -38,4 +38,57 @@ pub(crate) fn create_new(path: &Path, bytes: &[u8], private: bool) -> Result<()>
     file.write_all(bytes)
         .and_then(|()| file.sync_all())
         .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// A new file readable by its owner only (mode 0600), prepared before the work that fills it:
+/// it is written to a temporary file in the target's folder and renamed into place, never over
+/// an existing file. Made before a request whose answer must not be lost (device tokens), so
+/// that an unusable `--out` is refused before anything is sent.
+pub(crate) struct NewPrivateFile {
+    path: PathBuf,
+    temp: tempfile::NamedTempFile,
+}
+
+impl NewPrivateFile {
+    /// Refuses if `path` exists; creates the temporary file next to it.
+    pub(crate) fn begin(path: &Path) -> Result<NewPrivateFile> {
+        if path.symlink_metadata().is_ok() {
+            bail!("{} exists; it is never overwritten: choose another file", path.display());
+        }
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        // tempfile creates its files with mode 0600 on Unix.
+        let temp = tempfile::Builder::new()
+            .prefix(".imager-")
+            .tempfile_in(dir)
+            .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+        Ok(NewPrivateFile { path: path.to_owned(), temp })
+    }
+
+    /// Writes `bytes` and renames the file into place. If that fails, the temporary file is
+    /// kept and named in the error, so its content is not lost.
+    pub(crate) fn finish(mut self, bytes: &[u8]) -> Result<()> {
+        let path = self.path;
+        let written = self.temp.write_all(bytes).and_then(|()| self.temp.as_file().sync_all());
+        let failed = match written {
+            Ok(()) => match self.temp.persist_noclobber(&path) {
+                Ok(_) => return Ok(()),
+                Err(e) => (e.error, e.file),
+            },
+            Err(e) => (e, self.temp),
+        };
+        let (error, temp) = failed;
+        match temp.keep() {
+            Ok((_, kept)) => Err(anyhow!(
+                "cannot write {}: {error}; what was to go there is in {}",
+                path.display(),
+                kept.display()
+            )),
+            Err(e) => {
+                Err(anyhow!("cannot write {}: {error} (and cannot keep {e})", path.display()))
+            }
+        }
+    }
 }

@@ -9,11 +9,13 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use ed25519_dalek::SigningKey;
-use firmware::image::{ImageSummary, SignedRelease, TransportImage, TrustedKey};
-use imager::client::{self, ApiError, Client, DeviceFilter};
-use ota_server::api::{
-    EnvironmentInfo, ImageInfo, NewRelease, ReleaseInfo, ReleaseKind, RollbackRequest,
-    RollbackTarget, RolloutProgress, RolloutState,
+use firmware::image::{ImageId, ImageSummary, SignedRelease, TransportImage, TrustedKey};
+use imager::client;
+use ota_proto::client::{ApiError, Blocking, Error};
+use ota_proto::{
+    DeviceFilter, DeviceState, DeviceToken, DevicesEnrolled, EnvironmentInfo, HexBytes, ImageInfo,
+    NewDevices, NewRelease, PublicKey, ReleaseInfo, ReleaseKind, RollbackRequest, RollbackTarget,
+    RolloutProgress, RolloutSettings, RolloutState, Sha256,
 };
 use pkcs8::{EncodePrivateKey, LineEnding};
 use serde::Serialize;
@@ -90,8 +92,8 @@ impl Stand {
         Stand { url, seen }
     }
 
-    fn client(&self) -> Client {
-        Client::new(Some(&self.url), Some("secret-token")).unwrap()
+    fn client(&self) -> Blocking {
+        client::connect(Some(&self.url), Some("secret-token")).unwrap()
     }
 
     fn seen(&self) -> Vec<Seen> {
@@ -110,17 +112,22 @@ fn error(code: &str, message: &str) -> String {
 const ID: &str = "3f2a9c0d1e2b44556677889900aabbccddeeff00112233445566778899aabbcc";
 const OTHER: &str = "77aa9c0d1e2b44556677889900aabbccddeeff00112233445566778899aabbcc";
 
+fn id(hex: &str) -> ImageId {
+    ImageId::from_hex(hex).unwrap()
+}
+
+fn noon() -> ota_proto::Timestamp {
+    "2026-05-01T12:00:00.000Z".parse().unwrap()
+}
+
 fn environment(key: &SigningKey, next_sequence: u64) -> EnvironmentInfo {
     let public = key.verifying_key();
     EnvironmentInfo {
-        name: "prod".into(),
-        upstream: Some("test".into()),
-        promote_min_confirmed: 1,
-        failure_threshold: 0.2,
-        stages: vec![5, 100],
-        advance_ratio: 0.9,
-        release_public_key: hex::encode(public.to_bytes()),
-        release_key_id: imager::keys::key_id(&public).to_string(),
+        name: "prod".parse().unwrap(),
+        upstream: Some("test".parse().unwrap()),
+        rollout: RolloutSettings { stages: vec![5, 100], ..RolloutSettings::default() },
+        release_public_key: PublicKey(public.to_bytes()),
+        release_key_id: imager::keys::key_id(&public),
         server_holds_key: false,
         next_sequence,
         devices: 3,
@@ -130,14 +137,14 @@ fn environment(key: &SigningKey, next_sequence: u64) -> EnvironmentInfo {
 
 fn release(image_id: &str, sequence: u64, kind: ReleaseKind) -> ReleaseInfo {
     ReleaseInfo {
-        environment: "prod".into(),
+        environment: "prod".parse().unwrap(),
         sequence,
-        image_id: image_id.into(),
-        board: "microbit".into(),
+        image_id: id(image_id),
+        board: "microbit".parse().unwrap(),
         version: "1.0.0".into(),
         kind,
-        statement: String::new(),
-        created_at: "2026-05-01T12:00:00.000Z".into(),
+        statement: HexBytes::default(),
+        created_at: noon(),
         created_by: "release".into(),
         state: RolloutState::Rolling,
         reason: None,
@@ -155,12 +162,11 @@ fn key_file(dir: &TempDir, name: &str, key: &SigningKey) -> PathBuf {
     path
 }
 
-/// Checks a signed statement sent as hex: environment, image, sequence, and the key.
-fn check_statement(hex_statement: &str, key: &SigningKey, image_id: &str, sequence: u64) {
-    let bytes = hex::decode(hex_statement).unwrap();
-    let signed = SignedRelease::parse(&bytes).unwrap();
+/// Checks a signed statement: environment, image, sequence, and the key.
+fn check_statement(statement: &HexBytes, key: &SigningKey, image_id: &str, sequence: u64) {
+    let signed = SignedRelease::parse(&statement.0).unwrap();
     assert_eq!(signed.statement().environment(), "prod");
-    assert_eq!(signed.statement().image_id().to_string(), image_id);
+    assert_eq!(signed.statement().image_id(), id(image_id));
     assert_eq!(signed.statement().sequence(), sequence);
     let trusted = TrustedKey::from_bytes(&key.verifying_key().to_bytes()).unwrap();
     signed.verify(&[trusted]).unwrap();
@@ -194,8 +200,8 @@ fn push_sends_the_file_and_tells_new_from_stored() {
     let summary = ImageSummary::of(&TransportImage::parse(&bytes).unwrap(), bytes.len());
     let info = ImageInfo {
         summary,
-        file_sha256: "00".repeat(32),
-        uploaded_at: "2026-05-01T12:00:00.000Z".into(),
+        file_sha256: Sha256([0; 32]),
+        uploaded_at: noon(),
         uploaded_by: "ci".into(),
     };
 
@@ -230,14 +236,16 @@ fn server_errors_keep_message_code_and_status() {
         (200, "not json".into()),
     ]);
     let client = stand.client();
-    let err = client::release(&client, "prod", ID).unwrap_err();
+    let prod = "prod".parse().unwrap();
+    let err = client::release(&client, &prod, ID).unwrap_err();
+    let Some(Error::Api(api)) = err.downcast_ref::<Error>() else { panic!("{err:?}") };
     assert_eq!(
-        err.downcast_ref::<ApiError>(),
-        Some(&ApiError {
+        api,
+        &ApiError {
             status: 409,
             code: "gate_closed".into(),
             message: "image 3f2a9c0d1e2b is not confirmed in test".into()
-        })
+        }
     );
     assert_eq!(
         err.to_string(),
@@ -246,13 +254,13 @@ fn server_errors_keep_message_code_and_status() {
     let err = client::audit(&client, Some(5)).unwrap_err().to_string();
     assert_eq!(
         err,
-        "the ota-server answered HTTP 502 to GET /api/v1/audit: <html>bad gateway</html>"
+        "the ota-server answered HTTP 502 to GET /api/v1/audit?limit=5: <html>bad gateway</html>"
     );
     let err = client::environments(&client, None).unwrap_err().to_string();
     assert!(err.starts_with("unexpected answer from the ota-server to GET /api/v1/environments"));
     let seen = stand.seen();
     let body: NewRelease = seen[0].json();
-    assert_eq!((body.image_id.as_str(), body.statement), (ID, None));
+    assert_eq!((body.image_id, body.statement), (id(ID), None));
     assert_eq!(seen[0].target, "/api/v1/environments/prod/releases");
     assert_eq!(seen[0].header("content-type"), Some("application/json"));
     assert_eq!(seen[1].target, "/api/v1/audit?limit=5");
@@ -265,7 +273,7 @@ fn promote_signs_the_next_sequence_and_retries_a_race_once() {
     let path = key_file(&dir, "prod.pem", &key);
     let images = vec![ImageInfo {
         summary: ImageSummary {
-            id: ID.into(),
+            id: id(ID),
             board: "microbit".into(),
             version: "1.0.0".into(),
             security_counter: 0,
@@ -277,8 +285,8 @@ fn promote_signs_the_next_sequence_and_retries_a_race_once() {
             components: vec![],
             signatures: vec![],
         },
-        file_sha256: String::new(),
-        uploaded_at: String::new(),
+        file_sha256: Sha256([0; 32]),
+        uploaded_at: noon(),
         uploaded_by: String::new(),
     }];
     let stand = Stand::new(vec![
@@ -288,7 +296,8 @@ fn promote_signs_the_next_sequence_and_retries_a_race_once() {
         (200, json(&environment(&key, 5))),
         (201, json(&release(ID, 5, ReleaseKind::Release))),
     ]);
-    let done = client::promote(&stand.client(), "3f2a9c0d", "prod", &path).unwrap();
+    let prod = "prod".parse().unwrap();
+    let done = client::promote(&stand.client(), "3f2a9c0d", &prod, &path).unwrap();
     assert_eq!(done.sequence, 5);
     let seen = stand.seen();
     let targets: Vec<&str> = seen.iter().map(|s| s.target.as_str()).collect();
@@ -304,7 +313,7 @@ fn promote_signs_the_next_sequence_and_retries_a_race_once() {
     );
     for (post, sequence) in [(&seen[2], 4), (&seen[4], 5)] {
         let body: NewRelease = post.json();
-        assert_eq!(body.image_id, ID);
+        assert_eq!(body.image_id, id(ID));
         check_statement(&body.statement.unwrap(), &key, ID, sequence);
     }
 }
@@ -315,7 +324,8 @@ fn promote_with_another_key_signs_and_sends_nothing() {
     let key = SigningKey::from_bytes(&[9; 32]);
     let wrong = key_file(&dir, "wrong.pem", &SigningKey::from_bytes(&[10; 32]));
     let stand = Stand::new(vec![(200, json(&environment(&key, 4)))]);
-    let err = client::promote(&stand.client(), ID, "prod", &wrong).unwrap_err().to_string();
+    let prod = "prod".parse().unwrap();
+    let err = client::promote(&stand.client(), ID, &prod, &wrong).unwrap_err().to_string();
     assert!(
         err.starts_with(&format!("{} is not the release key of environment prod", wrong.display())),
         "{err}"
@@ -328,7 +338,8 @@ fn rollback_signs_the_servers_target() {
     let dir = tempfile::tempdir().unwrap();
     let key = SigningKey::from_bytes(&[9; 32]);
     let path = key_file(&dir, "prod.pem", &key);
-    let target = RollbackTarget { board: "microbit".into(), image_id: OTHER.into(), sequence: 8 };
+    let microbit = "microbit".parse().unwrap();
+    let target = RollbackTarget { board: microbit, image_id: id(OTHER), sequence: 8 };
     let stand = Stand::new(vec![
         (200, json(&environment(&key, 8))),
         (200, json(&target)),
@@ -336,14 +347,15 @@ fn rollback_signs_the_servers_target() {
         (201, json(&release(OTHER, 9, ReleaseKind::Rollback))),
     ]);
     let client = stand.client();
-    let done = client::rollback(&client, "prod", Some("microbit"), Some(&path)).unwrap();
+    let prod = "prod".parse().unwrap();
+    let done = client::rollback(&client, &prod, Some(&target.board), Some(&path)).unwrap();
     assert_eq!((done.kind, done.sequence), (ReleaseKind::Rollback, 8));
-    client::rollback(&client, "prod", None, None).unwrap();
+    client::rollback(&client, &prod, None, None).unwrap();
     let seen = stand.seen();
     assert_eq!(seen[1].target, "/api/v1/environments/prod/rollback?board=microbit");
     assert_eq!(seen[2].target, "/api/v1/environments/prod/rollback");
     let body: RollbackRequest = seen[2].json();
-    assert_eq!(body.board.as_deref(), Some("microbit"));
+    assert_eq!(body.board.as_ref(), Some(&target.board));
     check_statement(&body.statement.unwrap(), &key, OTHER, 8);
     let body: RollbackRequest = seen[3].json();
     assert_eq!((body.board, body.statement), (None, None));
@@ -358,15 +370,15 @@ fn pause_acts_on_the_current_release_and_filters_reach_the_query() {
     paused.state = RolloutState::Paused;
     let stand = Stand::new(vec![(200, json(&env)), (200, json(&paused)), (200, "[]".into())]);
     let client = stand.client();
-    let done = client::set_paused(&client, "prod", None, true).unwrap();
+    let prod = "prod".parse().unwrap();
+    let done = client::set_paused(&client, &prod, None, true).unwrap();
     assert_eq!(done.state, RolloutState::Paused);
     let filter = DeviceFilter {
-        environment: Some("prod".into()),
-        state: Some("failed".into()),
-        image: Some(ID.into()),
-        board: None,
+        environment: Some(prod),
+        state: Some(DeviceState::Failed),
+        ..DeviceFilter::default()
     };
-    assert!(client::devices(&client, &filter).unwrap().is_empty());
+    assert!(client::devices(&client, &filter, Some(ID)).unwrap().is_empty());
     let seen = stand.seen();
     assert_eq!(
         (seen[1].method.as_str(), seen[1].target.as_str()),
@@ -381,10 +393,120 @@ fn an_unreachable_server_is_named() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
     };
-    let client = Client::new(Some(&format!("127.0.0.1:{port}/")), Some("t")).unwrap();
+    let client = client::connect(Some(&format!("127.0.0.1:{port}/")), Some("t")).unwrap();
     let err = client::audit(&client, None).unwrap_err().to_string();
     assert!(
         err.starts_with(&format!("cannot reach the ota-server at http://127.0.0.1:{port}: ")),
         "{err}"
     );
+    assert!(err.ends_with("(is it running? check --server or IMAGER_SERVER)"), "{err}");
+}
+
+/// Writes a device list; returns its path and where the tokens are to go.
+fn device_list(dir: &TempDir, text: &str) -> (PathBuf, PathBuf) {
+    let csv = dir.path().join("devices.csv");
+    std::fs::write(&csv, text).unwrap();
+    (csv, dir.path().join("tokens.csv"))
+}
+
+/// The names of the files in `dir`.
+fn files(dir: &TempDir) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_device_list_goes_in_one_batch_and_the_tokens_to_a_private_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (csv, out) = device_list(
+        &dir,
+        "id,board,environment
+sn-1,microbit,test
+sn-2,microbit,prod
+",
+    );
+    let answer = DevicesEnrolled {
+        tokens: vec![
+            DeviceToken { id: "sn-1".parse().unwrap(), token: "fwd_one".into() },
+            DeviceToken { id: "sn-2".parse().unwrap(), token: "fwd_two".into() },
+        ],
+    };
+    let stand = Stand::new(vec![(201, json(&answer))]);
+    let done = client::enroll::enroll(&stand.client(), &csv, &out).unwrap();
+    assert_eq!((done.devices, done.tokens_file.as_path()), (2, out.as_path()));
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "id,token\nsn-1,fwd_one\nsn-2,fwd_two\n");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
+    let seen = stand.seen();
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].target.as_str()),
+        ("POST", "/api/v1/devices/batch")
+    );
+    let sent: NewDevices = seen[0].json();
+    let ids: Vec<&str> = sent.devices.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, ["sn-1", "sn-2"]);
+    assert_eq!(sent.devices[1].environment, "prod");
+    assert_eq!(files(&dir), ["devices.csv", "tokens.csv"], "no temporary file left");
+}
+
+#[test]
+fn a_refused_device_is_named_by_its_line_and_no_file_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let (csv, out) = device_list(
+        &dir,
+        "# line 1
+sn-1,microbit,test
+sn-2,nosuch,test
+",
+    );
+    let refusal = error(
+        "unknown_board",
+        "device 2 of the batch (sn-2): board nosuch is not known to this server",
+    );
+    let stand = Stand::new(vec![(400, refusal)]);
+    let err = client::enroll::enroll(&stand.client(), &csv, &out).unwrap_err();
+    assert_eq!(
+        format!("{err:#}"),
+        format!(
+            "{} line 3: the ota-server refused device sn-2: board nosuch is not known to this \
+             server (unknown_board, HTTP 400); nothing was enrolled",
+            csv.display()
+        )
+    );
+    assert_eq!(files(&dir), ["devices.csv"], "no token file, no temporary file");
+}
+
+#[test]
+fn an_existing_token_file_or_a_bad_line_stops_before_anything_is_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (csv, out) = device_list(
+        &dir,
+        "sn-1,microbit,test
+",
+    );
+    std::fs::write(&out, "keep me").unwrap();
+    let stand = Stand::new(vec![]);
+    let err = format!("{:#}", client::enroll::enroll(&stand.client(), &csv, &out).unwrap_err());
+    assert!(err.contains(&format!("{} exists", out.display())), "{err}");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "keep me");
+    std::fs::remove_file(&out).unwrap();
+    std::fs::write(
+        &csv,
+        "sn-1,microbit,test
+sn-1,microbit,prod
+",
+    )
+    .unwrap();
+    let err = format!("{:#}", client::enroll::enroll(&stand.client(), &csv, &out).unwrap_err());
+    assert!(err.ends_with("line 2: device sn-1 is already on line 1"), "{err}");
+    assert!(stand.seen().is_empty());
+    assert_eq!(files(&dir), ["devices.csv"]);
 }

@@ -10,13 +10,15 @@
 //! One binary plays three parts:
 //!
 //! - no arguments: the orchestrator. It starts a real `ota-server` process (the release binary
-//!   next to this example, `target/release/ota-server`; it builds nothing itself), enrolls the
-//!   devices through the API, uploads and releases an image, starts the baselines and runs the
-//!   load generator against each, then prints the results tables.
+//!   next to this example, `target/release/ota-server`; it builds nothing itself), sets it up
+//!   through the API with the typed client everything else uses (`ota_proto::client`): uploads
+//!   and releases an image, enrolls the devices in one batch (and prints that rate), then starts
+//!   the baselines and runs the load generator against each, and prints the results tables.
 //! - `--load ...`: the load generator. Keep-alive connections on loopback, each a loop of one
 //!   request, then its whole response; every request takes the next device token in turn.
 //!   It speaks just enough HTTP/1.1 (fixed requests, `Content-Length` responses) to cost the
-//!   machine as little as possible, and prints one JSON line of figures.
+//!   machine as little as possible, and prints one JSON line of figures. It is a load tool, not
+//!   an API client: what it measures must not include a client's own cost.
 //! - `--bare`: the check-in baseline, a minimal hyper 1.x HTTP/1 server on a default
 //!   multi-thread tokio runtime (as `ota-server serve` uses) that reads the body and answers
 //!   `{"offer":null}`, what `ota-server` answers a device with nothing to install.
@@ -29,8 +31,8 @@
 //! drift on a shared machine hits both alike. Settings (environment): `R2_DEVICES` (100000),
 //! `R2_ROUNDS` (5), `R2_SECS` (3, each check-in round, after 1 s of warm-up), `R2_DL_SECS` (2,
 //! each download round, after 0.5 s), `R2_CONNS` (128 check-in connections), `R2_DL_CONNS`
-//! (64), `R2_LOAD_THREADS` (1: the load generator's tokio threads), `R2_ENROLL_THREADS` (4),
-//! `R2_NGINX` (the nginx binary, or `none`).
+//! (64), `R2_LOAD_THREADS` (1: the load generator's tokio threads), `R2_ENROLL_BATCH` (devices
+//! per enrollment request: 100000, all at once), `R2_NGINX` (the nginx binary, or `none`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -48,7 +50,8 @@ use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 use firmware::image::{
     ComponentSource, EncodedImage, HeatshrinkParams, ImageSpec, Role, SlotLayout, encode_image,
 };
-use serde_json::{Value, json};
+use ota_proto::client::{Blocking, Bytes, Client};
+use ota_proto::{BoardName, CheckIn, DeviceId, EnvironmentName, NewDevice, NewDevices, NewRelease};
 
 type Result<T, E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;
 
@@ -120,52 +123,6 @@ fn start_listening(mut cmd: Command, what: &'static str) -> Result<(Proc, Socket
         .ok_or_else(|| format!("{what} did not start: {line:?}"))?
         .parse()?;
     Ok((proc, addr))
-}
-
-/// A small blocking client for the setup calls.
-struct Api {
-    agent: ureq::Agent,
-    base: String,
-}
-
-impl Api {
-    fn new(addr: SocketAddr) -> Self {
-        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-        Api { agent, base: format!("http://{addr}") }
-    }
-
-    fn call(
-        &self,
-        method: &str,
-        path: &str,
-        token: &str,
-        body: Option<(&str, Vec<u8>)>,
-    ) -> Result<(u16, Value)> {
-        let mut req = ureq::http::Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base))
-            .header("Authorization", format!("Bearer {token}"));
-        let mut response = match body {
-            Some((content_type, bytes)) => {
-                req = req.header("Content-Type", content_type);
-                self.agent.run(req.body(bytes)?)?
-            }
-            None => self.agent.run(req.body(())?)?,
-        };
-        let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string()?;
-        let value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text)? };
-        Ok((status, value))
-    }
-
-    fn post_json(&self, path: &str, token: &str, body: Value, want: u16) -> Result<Value> {
-        let (status, reply) =
-            self.call("POST", path, token, Some(("application/json", serde_json::to_vec(&body)?)))?;
-        if status != want {
-            return Err(format!("POST {path}: {status} {reply}").into());
-        }
-        Ok(reply)
-    }
 }
 
 fn write_public_pem(path: &Path, key: &SigningKey) -> Result<()> {
@@ -408,7 +365,6 @@ fn orchestrate() -> Result<()> {
     let dl_secs = setting("R2_DL_SECS", 2) as f64;
     let conns = setting("R2_CONNS", 128);
     let dl_conns = setting("R2_DL_CONNS", 64);
-    let enroll_threads = setting("R2_ENROLL_THREADS", 4);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "r2-bench: {cores} cores ({}); server, baselines and load generator share them, \
@@ -446,73 +402,53 @@ fn orchestrate() -> Result<()> {
         .args(["--listen", "127.0.0.1:0"])
         .env("OTA_LOG", "warn");
     let (mut server, addr) = start_listening(cmd, "ota-server")?;
-    let api = Api::new(addr);
+    let api = Blocking::new(Client::new(&format!("http://{addr}"), &admin)?)?;
 
     // What the check-in devices run (a micro:bit image of the fixture's code), and the image
     // to download (nRF52840 DK: a micro:bit slot holds at most 91 KiB).
     let running = image("microbit", std::fs::read(fixtures().join("app.bin"))?, &build_key)?;
     let download = image("nrf52840dk", big_code(440 << 10)?, &build_key)?;
     for img in [&running, &download] {
-        let (status, reply) = api.call(
-            "POST",
-            "/api/v1/images",
-            &admin,
-            Some(("application/octet-stream", img.bytes.clone())),
-        )?;
-        if status != 201 {
-            return Err(format!("upload: {status} {reply}").into());
+        let uploaded = api.run(|c| c.upload(Bytes::from(img.bytes.clone()), None))?;
+        if !uploaded.new {
+            return Err(format!("upload of {}: the server had it already", img.id).into());
         }
     }
-    let download_id = download.id.to_string();
-    api.post_json(
-        "/api/v1/environments/dev/releases",
-        &admin,
-        json!({"image_id": download_id}),
-        201,
-    )?;
+    let (dev, release) = ("dev".parse()?, NewRelease { image_id: download.id, statement: None });
+    api.run(|c| c.create_release(&dev, &release))?;
 
-    // Enrollment, through the API.
+    // Enrollment, through the API, in batches (each all or nothing, one durable commit).
+    let batch = setting("R2_ENROLL_BATCH", 100_000).max(1) as usize;
+    let enroll = |ids: Vec<String>, env: &str, board: &str| -> Result<Vec<String>> {
+        let (environment, board): (EnvironmentName, BoardName) = (env.parse()?, board.parse()?);
+        let mut tokens = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(batch) {
+            let devices = chunk
+                .iter()
+                .map(|id| {
+                    let (environment, board) = (environment.clone(), board.clone());
+                    Ok(NewDevice { id: DeviceId::new(id.as_str())?, board, environment })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let request = NewDevices { devices };
+            let enrolled = api.run(|c| c.create_devices(&request))?;
+            tokens.extend(enrolled.tokens.into_iter().map(|t| t.token));
+        }
+        Ok(tokens)
+    };
     let t = Instant::now();
-    let enroll =
-        |ids: Vec<String>, env: &'static str, board: &'static str| -> Result<Vec<String>> {
-            let chunk = ids.len().div_ceil(enroll_threads as usize).max(1);
-            std::thread::scope(|s| {
-                let handles: Vec<_> = ids
-                    .chunks(chunk)
-                    .map(|part| {
-                        let api = Api::new(addr);
-                        let admin = &admin;
-                        s.spawn(move || -> Result<Vec<String>> {
-                            part.iter()
-                                .map(|id| {
-                                    let r = api.post_json(
-                                        "/api/v1/devices",
-                                        admin,
-                                        json!({"id": id, "board": board, "environment": env}),
-                                        201,
-                                    )?;
-                                    Ok(r["token"].as_str().ok_or("no token")?.to_owned())
-                                })
-                                .collect()
-                        })
-                    })
-                    .collect();
-                let mut tokens = Vec::new();
-                for h in handles {
-                    tokens.extend(h.join().map_err(|_| "enrollment thread panicked")??);
-                }
-                Ok(tokens)
-            })
-        };
     let tokens = enroll((0..devices).map(|i| format!("r2-{i:06}")).collect(), "prod", "microbit")?;
     let enroll_secs = t.elapsed().as_secs_f64();
     let dl_tokens =
         enroll((0..dl_conns).map(|i| format!("dl-{i:03}")).collect(), "dev", "nrf52840dk")?;
+    let enroll_rate = devices as f64 / enroll_secs;
     println!(
-        "enrolled {} devices through the API in {enroll_secs:.1} s ({:.0}/s, {enroll_threads} \
-         client threads; the server enrolls one at a time, each its own durable commit)",
+        "enrolled {} devices through the API in {enroll_secs:.2} s: {} devices/s ({} per batch \
+         request, each all or nothing, one durable commit); target >= 20,000/s: {}",
         thousands(devices as f64),
-        devices as f64 / enroll_secs,
+        thousands(enroll_rate),
+        thousands(batch.min(devices as usize) as f64),
+        if enroll_rate >= 20_000.0 { "met" } else { "MISSED" }
     );
     let tokens_file = dir.path().join("tokens.txt");
     std::fs::write(&tokens_file, tokens.join("\n"))?;
@@ -520,7 +456,8 @@ fn orchestrate() -> Result<()> {
     std::fs::write(&dl_tokens_file, dl_tokens.join("\n"))?;
 
     // ----- check-ins -----
-    let body = serde_json::to_string(&json!({"image_id": running.id.to_string(), "trial": false}))?;
+    let report = CheckIn { image_id: Some(running.id), trial: false, ..CheckIn::default() };
+    let body = serde_json::to_string(&report)?;
     let checkin = |addr, watch, warmup, secs, count| {
         run_load(&LoadRun {
             addr,
@@ -556,15 +493,10 @@ fn orchestrate() -> Result<()> {
     drop(bare_proc);
 
     // ----- downloads -----
-    let (_, offer) = api.call(
-        "POST",
-        "/api/v1/device/checkin",
-        &dl_tokens[0],
-        Some(("application/json", b"{}".to_vec())),
-    )?;
-    let url = offer["offer"]["url"]
-        .as_str()
-        .map_or_else(|| format!("/api/v1/device/images/{download_id}"), str::to_owned);
+    let device = api.client().with_token(&dl_tokens[0])?;
+    let nothing_yet = CheckIn::default();
+    let offer = api.run(|_| device.checkin(&nothing_yet))?.offer;
+    let url = offer.ok_or("the download device was offered nothing")?.url;
     let dl = |addr, path: &str, watch| {
         run_load(&LoadRun {
             addr,

@@ -2,12 +2,38 @@
 //! only the device API, for their device. Only the SHA-256 of a token is stored: tokens are
 //! 256 random bits, so a plain hash is as good as a password hash and costs a microsecond.
 
+use ota_proto::{Role, TokenId};
 use sha2::{Digest, Sha256};
 
-/// Prefix of management tokens.
-pub const MANAGEMENT_PREFIX: &str = "fwm_";
-/// Prefix of device tokens.
-pub const DEVICE_PREFIX: &str = "fwd_";
+use crate::error::{Failure, Outcome};
+
+pub use ota_proto::{
+    DEVICE_TOKEN_PREFIX as DEVICE_PREFIX, MANAGEMENT_TOKEN_PREFIX as MANAGEMENT_PREFIX,
+};
+
+/// Who is asking: a management token's name and role.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Actor {
+    /// The token's name (`cli` for the server's own command line).
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+}
+
+impl Actor {
+    /// The server's own command line.
+    pub fn cli() -> Self {
+        Actor { name: "cli".to_owned(), role: Role::Admin }
+    }
+
+    /// Admins may do everything; other roles what `allowed` lists.
+    pub fn require(&self, allowed: &[Role], what: &str) -> Outcome<()> {
+        if self.role == Role::Admin || allowed.contains(&self.role) {
+            return Ok(());
+        }
+        Err(Failure::forbidden(format!("role {} may not {what}", self.role)))
+    }
+}
 
 /// A fresh token with `prefix`, and its hash.
 pub fn generate(prefix: &str) -> std::io::Result<(String, [u8; 32])> {
@@ -24,8 +50,8 @@ pub fn hash(token: &str) -> [u8; 32] {
 }
 
 /// A token's public id: derived from its hash, safe to show and log.
-pub fn token_id(hash: &[u8; 32]) -> String {
-    format!("tok_{}", hex::encode(&hash[..6]))
+pub fn token_id(hash: &[u8; 32]) -> TokenId {
+    TokenId::of_hash(hash)
 }
 
 /// The token in an `Authorization: Bearer ...` header value.
@@ -46,7 +72,7 @@ mod tests {
         assert_ne!(a, b);
         assert!(a.starts_with("fwd_") && a.len() == 68);
         assert_eq!(hash(&a), ha);
-        assert!(token_id(&ha).starts_with("tok_"));
+        assert!(token_id(&ha).as_str().starts_with("tok_"));
     }
 
     #[test]

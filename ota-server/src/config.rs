@@ -1,46 +1,127 @@
-//! Server settings: command-line flags, then `OTA_*` environment variables (both through
-//! clap), then a TOML file (`--config`), then defaults.
+//! Server settings, defined once: the same fields are `serve`'s flags (each also an `OTA_*`
+//! variable, through clap) and the keys of the `--config` TOML file. Flags and variables win
+//! over the file, the file over the defaults.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde::Deserialize;
 
-/// The settings file (every key optional).
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    /// Address to listen on.
-    pub listen: Option<SocketAddr>,
-    /// Data folder.
-    pub data: Option<PathBuf>,
-    /// Database URL (`sqlite://PATH`; default `DATA/ota.db`).
-    pub database: Option<String>,
-    /// Largest image accepted, bytes.
-    pub max_image_size: Option<usize>,
-    /// Folder of extra board files.
-    pub boards: Option<PathBuf>,
-    /// `text` or `json`.
-    pub log_format: Option<String>,
-    /// Seconds between writes of devices' last check-in times.
-    pub seen_flush_secs: Option<u64>,
+use crate::blobs::Location;
+use crate::store::Database;
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One readable line per event.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
-impl FileConfig {
+/// How devices download image files.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Downloads {
+    /// Through this server, from its cache or the store (with `Range`).
+    #[default]
+    Stream,
+    /// A redirect to a presigned URL of the object store (with `Range`), where it can sign
+    /// one: the bytes then never pass through the replicas.
+    Redirect,
+}
+
+/// Every setting, each optional (flags, variables and file keys alike).
+#[derive(Clone, Debug, Default, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "OTA_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Data folder (made by `ota-server init`): the SQLite database by default, and the image
+    /// files.
+    #[arg(long, env = "OTA_DATA")]
+    pub data: Option<PathBuf>,
+    /// Database URL: sqlite://PATH or postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE
+    /// [default: sqlite file DATA/ota.db].
+    #[arg(long, env = "OTA_DATABASE")]
+    pub database: Option<String>,
+    /// Where image files are kept: s3://BUCKET (an S3-compatible bucket; credentials and region
+    /// from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION) or a folder [default:
+    /// DATA/blobs].
+    #[arg(long, env = "OTA_BLOBS")]
+    pub blobs: Option<String>,
+    /// The S3 endpoint for s3:// blobs, e.g. http://127.0.0.1:3900 (path-style addressing)
+    /// [default: AWS].
+    #[arg(long, env = "OTA_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// How devices download image files: stream (through the server) or redirect (to a
+    /// presigned URL of the bucket) [default: stream].
+    #[arg(long, env = "OTA_DOWNLOADS", value_enum)]
+    pub downloads: Option<Downloads>,
+    /// Largest image file accepted, in bytes [default: 16 MiB].
+    #[arg(long, env = "OTA_MAX_IMAGE_SIZE")]
+    pub max_image_size: Option<usize>,
+    /// Folder of extra board files (`NAME.toml`) besides the shipped boards.
+    #[arg(long, env = "OTA_BOARDS")]
+    pub boards: Option<PathBuf>,
+    /// Log format [default: text].
+    #[arg(long, env = "OTA_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Seconds between writes of devices' last check-in times (and re-evaluations of every
+    /// rollout) [default: 2].
+    #[arg(long, env = "OTA_HOUSEKEEPING_SECS")]
+    #[serde(alias = "seen_flush_secs")]
+    pub housekeeping_secs: Option<u64>,
+}
+
+impl Settings {
     /// Reads a settings file.
     pub fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
     }
-}
 
-/// Where the database is.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Database {
-    /// An SQLite file.
-    Sqlite(PathBuf),
+    /// Each setting of `self`, else of `other`.
+    pub fn or(self, other: Settings) -> Settings {
+        Settings {
+            listen: self.listen.or(other.listen),
+            data: self.data.or(other.data),
+            database: self.database.or(other.database),
+            blobs: self.blobs.or(other.blobs),
+            s3_endpoint: self.s3_endpoint.or(other.s3_endpoint),
+            downloads: self.downloads.or(other.downloads),
+            max_image_size: self.max_image_size.or(other.max_image_size),
+            boards: self.boards.or(other.boards),
+            log_format: self.log_format.or(other.log_format),
+            housekeeping_secs: self.housekeeping_secs.or(other.housekeeping_secs),
+        }
+    }
+
+    /// The settings with defaults filled in.
+    pub fn resolve(self) -> Result<Config> {
+        let data = self.data.context("no data folder: pass --data DIR (or OTA_DATA)")?;
+        let database =
+            Database::from_url(self.database.as_deref(), &data).map_err(anyhow::Error::msg)?;
+        let blobs =
+            Location::from_setting(self.blobs.as_deref(), self.s3_endpoint.as_deref(), &data)
+                .map_err(anyhow::Error::msg)?;
+        Ok(Config {
+            blobs,
+            downloads: self.downloads.unwrap_or_default(),
+            listen: self.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            data,
+            database,
+            max_image_size: self.max_image_size.unwrap_or(DEFAULT_MAX_IMAGE_SIZE),
+            boards: self.boards,
+            json_logs: self.log_format == Some(LogFormat::Json),
+            housekeeping: Duration::from_secs(self.housekeeping_secs.unwrap_or(2).max(1)),
+        })
+    }
 }
 
 /// Settings, resolved.
@@ -48,71 +129,26 @@ pub enum Database {
 pub struct Config {
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// Data folder (database and blobs).
+    /// Data folder.
     pub data: PathBuf,
     /// Database.
     pub database: Database,
+    /// Where image files are kept.
+    pub blobs: Location,
+    /// How devices download them.
+    pub downloads: Downloads,
     /// Largest image accepted, bytes.
     pub max_image_size: usize,
     /// Folder of extra board files.
     pub boards: Option<PathBuf>,
     /// JSON logs.
     pub json_logs: bool,
-    /// Seconds between writes of last check-in times.
-    pub seen_flush_secs: u64,
+    /// Between writes of last check-in times and rollout re-evaluations.
+    pub housekeeping: Duration,
 }
 
 /// Default largest image: 16 MiB.
 pub const DEFAULT_MAX_IMAGE_SIZE: usize = 16 << 20;
-
-/// Resolves a database URL against the data folder.
-pub fn database(url: Option<&str>, data: &Path) -> Result<Database> {
-    match url {
-        None => Ok(Database::Sqlite(data.join("ota.db"))),
-        Some(u) => {
-            if let Some(path) = u.strip_prefix("sqlite://").or_else(|| u.strip_prefix("sqlite:")) {
-                Ok(Database::Sqlite(PathBuf::from(path)))
-            } else if u.starts_with("postgres://") || u.starts_with("postgresql://") {
-                bail!(
-                    "PostgreSQL is not supported by this build yet: the server's storage sits \
-                     behind the `Store` trait (ota-server/src/store) and SQLite is its only \
-                     implementation so far; use the embedded default (no --database)"
-                )
-            } else {
-                bail!("database URL {u:?}: expected sqlite://PATH")
-            }
-        }
-    }
-}
-
-/// Merges flags/environment over the file over defaults.
-#[allow(clippy::too_many_arguments)]
-pub fn resolve(
-    file: FileConfig,
-    listen: Option<SocketAddr>,
-    data: Option<PathBuf>,
-    database_url: Option<String>,
-    max_image_size: Option<usize>,
-    boards: Option<PathBuf>,
-    log_format: Option<String>,
-) -> Result<Config> {
-    let data = data.or(file.data).context("no data folder: pass --data DIR (or OTA_DATA)")?;
-    let database = database(database_url.or(file.database).as_deref(), &data)?;
-    let json_logs = match log_format.or(file.log_format).as_deref() {
-        None | Some("text") => false,
-        Some("json") => true,
-        Some(other) => bail!("log format {other:?}: expected text or json"),
-    };
-    Ok(Config {
-        listen: listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
-        data,
-        database,
-        max_image_size: max_image_size.or(file.max_image_size).unwrap_or(DEFAULT_MAX_IMAGE_SIZE),
-        boards: boards.or(file.boards),
-        json_logs,
-        seen_flush_secs: file.seen_flush_secs.unwrap_or(5).max(1),
-    })
-}
 
 #[cfg(test)]
 mod tests {
@@ -120,31 +156,54 @@ mod tests {
 
     #[test]
     fn flags_beat_file_beats_defaults() {
-        let file: FileConfig =
+        let file: Settings =
             toml::from_str("listen = \"0.0.0.0:9000\"\ndata = \"/srv/ota\"\nmax_image_size = 5")
                 .unwrap();
-        let c = resolve(file.clone(), None, None, None, Some(7), None, None).unwrap();
+        let flags = Settings { max_image_size: Some(7), ..Settings::default() };
+        let c = flags.or(file.clone()).resolve().unwrap();
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.max_image_size, 7);
         assert_eq!(c.database, Database::Sqlite(PathBuf::from("/srv/ota/ota.db")));
-        let c = resolve(file, None, Some("/d".into()), None, None, None, None).unwrap();
+        let c =
+            Settings { data: Some("/d".into()), ..Settings::default() }.or(file).resolve().unwrap();
         assert_eq!(c.data, PathBuf::from("/d"));
         assert_eq!(c.max_image_size, 5);
-        assert!(toml::from_str::<FileConfig>("lisen = 1").is_err());
-    }
-
-    #[test]
-    fn database_urls() {
-        assert!(
-            database(Some("postgres://x/y"), Path::new("/d"))
-                .unwrap_err()
-                .to_string()
-                .contains("PostgreSQL")
-        );
+        assert!(toml::from_str::<Settings>("lisen = 1").is_err());
+        let old: Settings = toml::from_str("seen_flush_secs = 5\nlog_format = \"json\"").unwrap();
+        assert_eq!(old.housekeeping_secs, Some(5));
+        assert_eq!(old.log_format, Some(LogFormat::Json));
+        let pg = Settings {
+            data: Some("/d".into()),
+            database: Some("postgres://u@h/db".into()),
+            ..Settings::default()
+        };
+        assert_eq!(pg.resolve().unwrap().database, Database::Postgres("postgres://u@h/db".into()));
+        let bad = Settings {
+            data: Some("/d".into()),
+            database: Some("mysql://x".into()),
+            ..Settings::default()
+        };
+        assert!(bad.resolve().is_err());
+        let s3 = Settings {
+            data: Some("/d".into()),
+            blobs: Some("s3://fleet".into()),
+            s3_endpoint: Some("http://127.0.0.1:3900".into()),
+            ..Settings::default()
+        };
         assert_eq!(
-            database(Some("sqlite:///tmp/a.db"), Path::new("/d")).unwrap(),
-            Database::Sqlite("/tmp/a.db".into())
+            s3.resolve().unwrap().blobs,
+            Location::Bucket {
+                name: "fleet".into(),
+                endpoint: Some("http://127.0.0.1:3900".into())
+            }
         );
-        assert!(database(Some("mysql://"), Path::new("/d")).is_err());
+        let folder = Settings { data: Some("/d".into()), ..Settings::default() }.resolve().unwrap();
+        assert_eq!(folder.blobs, Location::Folder("/d/blobs".into()));
+        let bad = Settings {
+            data: Some("/d".into()),
+            blobs: Some("gs://x".into()),
+            ..Settings::default()
+        };
+        assert!(bad.resolve().unwrap_err().to_string().contains("s3://BUCKET"));
     }
 }

@@ -2,38 +2,27 @@
 //! tokens and build keys, indexed for the hot paths (a check-in is a hash lookup and a few
 //! comparisons).
 //!
-//! It is a materialized view of the store's [`Mutation`]s: [`Fleet::load`] applies the
-//! snapshot's rows and the server applies each committed (or, for device reports, each
-//! to-be-committed) mutation with [`Fleet::apply`], so there is one code path from a change to
-//! its effect.
+//! It is a materialized view of the store: [`Fleet::load`] builds it from a snapshot, and
+//! every committed batch is applied with [`Fleet::apply`], in the store's commit order (see
+//! [`crate::journal`]), so every replica's model goes through the same states. Nothing else
+//! changes it, except a few caches of this process's own (last check-in times not yet written,
+//! stage bounds).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
-use firmware::image::{ImageId, ImageSummary, TrustedKey};
+use firmware::image::TrustedKey;
 
-use crate::api::{ReleaseKind, RolloutState};
 use crate::rollout;
 use crate::store::{
-    BuildKeyRow, DeviceRow, EnvironmentRow, ImageRow, Mutation, ReleaseRow, Snapshot, TokenRow,
+    BoardName, BuildKeyRow, DeviceId, DeviceRow, EnvironmentName, EnvironmentRow, EventKind,
+    ImageId, ImageRow, Mutation, ReleaseRow, RolloutAt, RolloutState, Snapshot, TokenRow,
 };
 
-/// A stored image.
-#[derive(Clone, Debug)]
-pub struct Image {
-    /// The row.
-    pub row: ImageRow,
-    /// Its id.
-    pub id: ImageId,
-    /// The file, described.
-    pub summary: Arc<ImageSummary>,
-}
-
-/// An environment with its keys.
+/// An environment with its keys, ready to verify and sign.
 #[derive(Clone, Debug)]
 pub struct Environment {
-    /// The row.
+    /// As stored.
     pub row: EnvironmentRow,
     /// Its release key.
     pub key: TrustedKey,
@@ -44,58 +33,58 @@ pub struct Environment {
 /// A release and its rollout.
 #[derive(Clone, Debug)]
 pub struct Release {
-    /// The row.
+    /// As stored, except that an older release of the same board shows as superseded.
     pub row: ReleaseRow,
-    /// Its image.
-    pub image: ImageId,
-    /// Its rollout state.
-    pub state: RolloutState,
-    /// Release or rollback.
-    pub kind: ReleaseKind,
-    /// The statement, hex (built once: every offer carries it).
-    pub statement_hex: Arc<str>,
     /// Each stage's bucket bound for the current fleet (see [`rollout::cutoffs`]), refreshed
     /// whenever the release is evaluated.
     pub cutoffs: Vec<u16>,
 }
 
+impl Release {
+    /// Where its rollout stands.
+    pub fn at(&self) -> RolloutAt {
+        RolloutAt { state: self.row.state, stage: self.row.stage }
+    }
+}
+
 /// An enrolled device.
 #[derive(Clone, Debug)]
 pub struct Device {
-    /// The row (what is persisted).
+    /// As stored (`last_seen` may be newer here than on disk; see `seen_dirty`).
     pub row: DeviceRow,
     /// Its stable rollout bucket.
     pub bucket: u16,
-    /// The image in slot A.
-    pub running: Option<ImageId>,
-    /// The last image it reverted or refused.
-    pub failed: Option<ImageId>,
-    /// `row.last_seen` changed since it was last written.
+    /// `row.last_seen` changed here since it was last written.
     pub seen_dirty: bool,
-    /// A change to `row` was applied here but its write failed: the next report rewrites it.
-    pub unsaved: bool,
     /// The last step it reported: devices repeat a report they are not sure arrived, and a
     /// repeat is recorded once.
-    pub last_event: Option<(ImageId, crate::api::EventKind)>,
+    pub last_event: Option<(ImageId, EventKind)>,
 }
 
 impl Device {
-    /// Builds the in-memory device from its row.
+    /// The in-memory device for a row.
     pub fn from_row(row: DeviceRow) -> Self {
         Device {
-            bucket: rollout::bucket(&row.id),
-            running: row.running.as_deref().and_then(ImageId::from_hex),
-            failed: row.failed_image.as_deref().and_then(ImageId::from_hex),
+            bucket: rollout::bucket(row.id.as_str()),
             seen_dirty: false,
-            unsaved: false,
             last_event: None,
             row,
         }
     }
 
+    /// The image in slot A, as last reported.
+    pub fn running(&self) -> Option<ImageId> {
+        self.row.reported.running
+    }
+
     /// Whether it runs `image`, confirmed.
     pub fn confirmed(&self, image: ImageId) -> bool {
-        self.running == Some(image) && self.row.confirmed
+        self.row.reported.running == Some(image) && self.row.reported.confirmed
+    }
+
+    /// Whether it reverted or refused `image` last.
+    pub fn failed(&self, image: ImageId) -> bool {
+        self.row.failed_image == Some(image)
     }
 }
 
@@ -111,16 +100,18 @@ pub struct Outcomes {
 /// The whole model.
 #[derive(Debug, Default)]
 pub struct Fleet {
+    /// The change log position the model reflects.
+    pub position: u64,
     /// Images by id.
-    pub images: HashMap<ImageId, Image>,
-    /// Environments in creation order.
+    pub images: HashMap<ImageId, ImageRow>,
+    /// Environments in promotion order.
     pub environments: Vec<Environment>,
     /// Releases per environment, by increasing sequence.
-    pub releases: HashMap<String, Vec<Release>>,
+    pub releases: HashMap<EnvironmentName, Vec<Release>>,
     /// Devices; indices are stable (devices are never removed).
     pub devices: Vec<Device>,
     /// Device index by id.
-    pub device_by_id: HashMap<String, usize>,
+    pub device_by_id: HashMap<DeviceId, usize>,
     /// Device index by token hash.
     pub device_by_token: HashMap<[u8; 32], usize>,
     /// Management tokens by hash.
@@ -131,150 +122,153 @@ pub struct Fleet {
     pub outcomes: HashMap<ImageId, Outcomes>,
 }
 
-/// A row in the store that the model cannot use (a corrupted or hand-edited database).
+/// A row the model cannot use (a corrupted or hand-edited database).
 #[derive(Debug, thiserror::Error)]
 #[error("database row not usable: {0}")]
 pub struct BadRow(pub String);
 
 impl Fleet {
-    /// Builds the model from a snapshot, then lets every rollout catch up with the devices'
-    /// state (rollout moves are re-derived rather than trusted to have been written).
+    /// Builds the model from a snapshot; also returns the rollout moves the devices' state
+    /// calls for (moves are re-derived at start rather than trusted to have been written).
     pub fn load(snapshot: Snapshot) -> Result<(Fleet, Vec<Mutation>), BadRow> {
-        let mut fleet = Fleet::default();
-        let Snapshot { images, environments, releases, devices, tokens, build_keys, outcomes } =
-            snapshot;
+        let mut fleet = Fleet { position: snapshot.position, ..Fleet::default() };
+        let Snapshot {
+            position: _,
+            images,
+            environments,
+            releases,
+            devices,
+            tokens,
+            build_keys,
+            outcomes,
+        } = snapshot;
         let rows = images
             .into_iter()
-            .map(Mutation::InsertImage)
-            .chain(environments.into_iter().map(Mutation::PutEnvironment))
-            .chain(releases.into_iter().map(Mutation::InsertRelease))
-            .chain(devices.into_iter().map(Mutation::PutDevice))
+            .map(|i| Mutation::InsertImage(Box::new(i)))
+            .chain(environments.into_iter().map(|e| Mutation::CreateEnvironment(Box::new(e))))
+            .chain(releases.into_iter().map(|r| Mutation::InsertRelease(Box::new(r))))
+            .chain(std::iter::once(Mutation::EnrollDevices(devices)))
             .chain(tokens.into_iter().map(Mutation::InsertToken))
             .chain(build_keys.into_iter().map(Mutation::InsertBuildKey));
         for m in rows {
             fleet.apply(&m)?;
         }
         for (device, image, kind) in outcomes {
-            if let (Some(&d), Some(image)) =
-                (fleet.device_by_id.get(&device), ImageId::from_hex(&image))
-            {
-                fleet.record_outcome(d, image, &kind);
+            if let Some(&d) = fleet.device_by_id.get(&device) {
+                fleet.record_outcome(d, image, kind);
             }
         }
-        // A check-in that reports an image confirmed counts like a `confirmed` event (as it
-        // did while the server ran).
+        // A check-in that reported an image confirmed counted like a confirmation while the
+        // server ran; it still does.
         let running: Vec<(usize, ImageId)> = fleet
             .devices
             .iter()
             .enumerate()
-            .filter(|(_, d)| d.row.confirmed)
-            .filter_map(|(i, d)| Some((i, d.running?)))
+            .filter(|(_, d)| d.row.reported.confirmed)
+            .filter_map(|(i, d)| Some((i, d.running()?)))
             .collect();
         for (d, image) in running {
-            fleet.record_outcome(d, image, "confirmed");
+            fleet.record_outcome(d, image, EventKind::Confirmed);
         }
         let moves = fleet.evaluate_all();
         Ok((fleet, moves))
     }
 
-    /// Applies one mutation to the model.
+    /// Applies one committed mutation.
     pub fn apply(&mut self, m: &Mutation) -> Result<(), BadRow> {
         match m {
             Mutation::InsertImage(row) => {
-                let id = ImageId::from_hex(&row.id)
-                    .ok_or_else(|| BadRow(format!("image id {:?}", row.id)))?;
-                let summary: ImageSummary = serde_json::from_str(&row.summary)
-                    .map_err(|e| BadRow(format!("summary of image {}: {e}", row.id)))?;
-                self.images.insert(id, Image { row: row.clone(), id, summary: Arc::new(summary) });
+                self.images.insert(row.id, (**row).clone());
             }
-            Mutation::PutEnvironment(row) => {
-                let key = TrustedKey::from_bytes(&row.public_key)
+            Mutation::CreateEnvironment(row) => {
+                let key = TrustedKey::from_bytes(&row.public_key.0)
                     .map_err(|e| BadRow(format!("key of environment {}: {e}", row.name)))?;
                 let env = Environment {
-                    row: row.clone(),
+                    row: (**row).clone(),
                     key,
-                    signing: row.private_key.map(|seed| SigningKey::from_bytes(&seed)),
+                    signing: row.private_key.map(|seed| SigningKey::from_bytes(&seed.0)),
                 };
                 match self.environments.iter_mut().find(|e| e.row.name == row.name) {
                     Some(existing) => *existing = env,
                     None => self.environments.push(env),
                 }
+                self.environments.sort_by_key(|e| e.row.position);
+            }
+            Mutation::UpdateEnvironment { name, rollout, .. } => {
+                if let Some(env) = self.environments.iter_mut().find(|e| &e.row.name == name) {
+                    env.row.rollout = rollout.clone();
+                }
             }
             Mutation::InsertRelease(row) => {
-                let image = ImageId::from_hex(&row.image_id)
-                    .ok_or_else(|| BadRow(format!("release image id {:?}", row.image_id)))?;
-                let state = RolloutState::parse(&row.state)
-                    .ok_or_else(|| BadRow(format!("rollout state {:?}", row.state)))?;
-                let kind = match row.kind.as_str() {
-                    "rollback" => ReleaseKind::Rollback,
-                    _ => ReleaseKind::Release,
-                };
                 let list = self.releases.entry(row.environment.clone()).or_default();
                 // A new release supersedes the previous one for the same board.
                 if let Some(prev) = list
                     .iter_mut()
                     .rev()
-                    .find(|r| r.row.board == row.board && r.state != RolloutState::Superseded)
+                    .find(|r| r.row.board == row.board && r.row.state != RolloutState::Superseded)
                 {
-                    prev.state = RolloutState::Superseded;
-                    prev.row.state = RolloutState::Superseded.as_str().to_owned();
+                    prev.row.state = RolloutState::Superseded;
                 }
-                list.push(Release {
-                    row: row.clone(),
-                    image,
-                    state,
-                    kind,
-                    statement_hex: hex::encode(&row.statement).into(),
-                    cutoffs: Vec::new(),
-                });
+                list.push(Release { row: (**row).clone(), cutoffs: Vec::new() });
                 list.sort_by_key(|r| r.row.sequence);
             }
-            Mutation::UpdateRollout { environment, sequence, state, stage, reason, automatic } => {
-                let new_state = RolloutState::parse(state)
-                    .ok_or_else(|| BadRow(format!("rollout state {state:?}")))?;
+            Mutation::MoveRollout { environment, sequence, from, to, reason } => {
                 if let Some(r) = self
                     .releases
                     .get_mut(environment)
                     .and_then(|l| l.iter_mut().find(|r| r.row.sequence == *sequence))
-                    .filter(|r| {
-                        !automatic
-                            || matches!(r.state, RolloutState::Rolling | RolloutState::Completed)
-                    })
+                    // The database applied it only from `from`; so does the model.
+                    .filter(|r| r.at() == *from)
                 {
-                    // A halt is remembered until the rollout completes after a resume.
-                    r.row.halted = match new_state {
+                    r.row.halted = match to.state {
                         RolloutState::Halted => true,
                         RolloutState::Completed => false,
                         _ => r.row.halted,
                     };
-                    r.state = new_state;
-                    r.row.state = state.clone();
-                    // Stages only move forward, whatever order concurrent moves land in.
-                    r.row.stage = r.row.stage.max(*stage);
+                    r.row.state = to.state;
+                    r.row.stage = to.stage;
                     r.row.reason = reason.clone();
                 }
             }
-            Mutation::PutDevice(row) => match self.device_by_id.get(&row.id) {
-                Some(&i) => {
-                    let old = self.devices[i].row.token_hash;
-                    if old != row.token_hash {
-                        // A new token: the old one stops working at once.
-                        self.device_by_token.remove(&old);
-                        self.device_by_token.insert(row.token_hash, i);
+            Mutation::EnrollDevices(rows) => {
+                for row in rows {
+                    self.enroll(row.clone());
+                }
+            }
+            Mutation::SetDeviceToken { id, token_hash } => {
+                if let Some(&i) = self.device_by_id.get(id) {
+                    // The old token stops working at once.
+                    self.device_by_token.remove(&self.devices[i].row.token_hash);
+                    self.device_by_token.insert(*token_hash, i);
+                    self.devices[i].row.token_hash = *token_hash;
+                }
+            }
+            Mutation::Report { id, reported } => {
+                if let Some(&i) = self.device_by_id.get(id) {
+                    self.devices[i].row.reported = reported.clone();
+                    // A check-in that says an image is confirmed counts like a confirmation.
+                    if reported.confirmed
+                        && let Some(image) = reported.running
+                    {
+                        self.record_outcome(i, image, EventKind::Confirmed);
                     }
-                    let (dirty, last_event) =
-                        (self.devices[i].seen_dirty, self.devices[i].last_event);
-                    self.devices[i] =
-                        Device { seen_dirty: dirty, last_event, ..Device::from_row(row.clone()) };
                 }
-                None => {
-                    let i = self.devices.len();
-                    self.device_by_id.insert(row.id.clone(), i);
-                    self.device_by_token.insert(row.token_hash, i);
-                    self.devices.push(Device::from_row(row.clone()));
+            }
+            Mutation::Event { event, .. } => {
+                if let Some(&i) = self.device_by_id.get(&event.device) {
+                    self.devices[i].row.apply_event(event.image_id, event.kind);
+                    self.devices[i].last_event = Some((event.image_id, event.kind));
+                    self.record_outcome(i, event.image_id, event.kind);
                 }
-            },
-            Mutation::Seen(_) | Mutation::InsertEvent(_) | Mutation::Audit(_) => {}
+            }
+            Mutation::Seen(list) => {
+                for (id, at) in list {
+                    if let Some(&i) = self.device_by_id.get(id) {
+                        let d = &mut self.devices[i];
+                        d.row.last_seen = d.row.last_seen.max(Some(*at));
+                    }
+                }
+            }
             Mutation::InsertToken(row) => {
                 self.tokens.insert(row.hash, row.clone());
             }
@@ -284,35 +278,51 @@ impl Fleet {
                 }
             }
             Mutation::InsertBuildKey(BuildKeyRow { public_key, name }) => {
-                let key = TrustedKey::from_bytes(public_key)
+                let key = TrustedKey::from_bytes(&public_key.0)
                     .map_err(|e| BadRow(format!("build key {name}: {e}")))?;
                 match self.build_keys.iter_mut().find(|(k, _)| *k == key) {
                     Some(existing) => existing.1 = name.clone(),
                     None => self.build_keys.push((key, name.clone())),
                 }
             }
+            Mutation::Audit(_) => {}
         }
         Ok(())
     }
 
-    /// Notes that device `d` confirmed (`kind == "confirmed"`) or failed (`reverted`,
-    /// `failed`) `image`.
-    /// Only images released to the device's environment count: the promotion gate must not
-    /// open on what a device merely claims to run.
-    pub fn record_outcome(&mut self, d: usize, image: ImageId, kind: &str) {
+    fn enroll(&mut self, row: DeviceRow) {
+        match self.device_by_id.get(&row.id) {
+            Some(&i) => {
+                self.device_by_token.remove(&self.devices[i].row.token_hash);
+                self.device_by_token.insert(row.token_hash, i);
+                self.devices[i] = Device::from_row(row);
+            }
+            None => {
+                let i = self.devices.len();
+                self.device_by_id.insert(row.id.clone(), i);
+                self.device_by_token.insert(row.token_hash, i);
+                self.devices.push(Device::from_row(row));
+            }
+        }
+    }
+
+    /// Notes that device `d` confirmed, reverted or refused `image`. Only images released to
+    /// the device's environment count: the promotion gate must not open on what a device
+    /// merely claims to run.
+    pub fn record_outcome(&mut self, d: usize, image: ImageId, kind: EventKind) {
         let env = &self.devices[d].row.environment;
-        if !self.releases_of(env).iter().any(|r| r.image == image) {
+        if !self.releases_of(env).iter().any(|r| r.row.image_id == image) {
             return;
         }
         let o = self.outcomes.entry(image).or_default();
         match kind {
-            "confirmed" => {
+            EventKind::Confirmed => {
                 o.confirmed.insert(d);
             }
-            "reverted" | "failed" => {
+            EventKind::Reverted | EventKind::Failed => {
                 o.failed.insert(d);
             }
-            _ => {}
+            EventKind::Downloading | EventKind::Installed | EventKind::Booted => {}
         }
     }
 
@@ -332,10 +342,10 @@ impl Fleet {
     }
 
     /// Boards that have releases in `env`, in order of their latest release.
-    pub fn released_boards(&self, env: &str) -> Vec<&str> {
-        let mut boards: Vec<&str> = Vec::new();
+    pub fn released_boards(&self, env: &str) -> Vec<&BoardName> {
+        let mut boards: Vec<&BoardName> = Vec::new();
         for r in self.releases_of(env).iter().rev() {
-            if !boards.contains(&r.row.board.as_str()) {
+            if !boards.contains(&&r.row.board) {
                 boards.push(&r.row.board);
             }
         }
@@ -357,64 +367,46 @@ impl Fleet {
     }
 
     /// Rollout counts for the current stage of `release`.
-    pub fn progress(&self, release: &Release) -> crate::api::RolloutProgress {
+    pub fn progress(&self, release: &Release) -> ota_proto::RolloutProgress {
+        let stage = (release.row.stage as usize).min(release.cutoffs.len().saturating_sub(1));
         rollout::count(
             self.devices_on(&release.row.environment, &release.row.board),
-            release.image,
-            release
-                .cutoffs
-                .get((release.row.stage as usize).min(release.cutoffs.len().saturating_sub(1)))
-                .copied()
-                .unwrap_or(0),
+            release.row.image_id,
+            release.cutoffs.get(stage).copied().unwrap_or(0),
         )
     }
 
-    /// Whether device `d` counts in the current stage of a running rollout: only then can its
-    /// reports move the rollout (so other reports skip the evaluation, a scan of the fleet).
+    /// Whether device `d` is offered its environment's current release now (in a stage that
+    /// has started, of a rollout that offers): only then can its reports move the rollout.
     pub fn in_rollout(&self, d: usize) -> bool {
         let device = &self.devices[d];
-        let (env, board) = (&device.row.environment, &device.row.board);
-        let Some(release) = self.current(env, board) else { return false };
-        let position = rollout::Position {
-            state: release.state,
-            stage: release.row.stage as usize,
-            reason: None,
+        let Some(release) = self.current(&device.row.environment, &device.row.board) else {
+            return false;
         };
-        rollout::offered(&position, &release.cutoffs, device.bucket)
+        rollout::offered(release.at(), &release.cutoffs, device.bucket)
     }
 
-    /// Re-evaluates the current release of (`env`, `board`); applies and returns the move, if
-    /// any.
+    /// Re-evaluates the current release of (`env`, `board`): refreshes its stage bounds and
+    /// returns the move its devices call for, if any (to be committed; the model moves when
+    /// it is).
     pub fn evaluate(&mut self, env: &str, board: &str) -> Option<Mutation> {
-        let stages = self.environment(env)?.row.stages.clone();
-        let bounds = rollout::cutoffs(self.devices_on(env, board).map(|d| d.bucket), &stages);
+        let settings = self.environment(env)?.row.rollout.clone();
+        let bounds =
+            rollout::cutoffs(self.devices_on(env, board).map(|d| d.bucket), &settings.stages);
         let current =
             self.releases.get_mut(env)?.iter_mut().rev().find(|r| r.row.board == board)?;
         current.cutoffs = bounds.clone();
-        let environment = self.environment(env)?;
         let release = self.current(env, board)?;
-        let settings = rollout::Settings {
-            stages: &environment.row.stages,
-            failure_threshold: environment.row.failure_threshold,
-            advance_ratio: environment.row.advance_ratio,
-        };
         let devices = self.devices_on(env, board);
-        let now = rollout::Position {
-            state: release.state,
-            stage: release.row.stage as usize,
-            reason: release.row.reason.clone(),
-        };
-        let next = rollout::evaluate(&settings, &now, release.image, devices, &bounds)?;
-        let m = Mutation::UpdateRollout {
-            environment: env.to_owned(),
+        let next =
+            rollout::evaluate(&settings, release.at(), release.row.image_id, devices, &bounds)?;
+        Some(Mutation::MoveRollout {
+            environment: release.row.environment.clone(),
             sequence: release.row.sequence,
-            state: next.state.as_str().to_owned(),
-            stage: next.stage as u32,
+            from: release.at(),
+            to: next.at,
             reason: next.reason,
-            automatic: true,
-        };
-        self.apply(&m).ok()?;
-        Some(m)
+        })
     }
 
     /// Re-evaluates every current release.
@@ -422,7 +414,7 @@ impl Fleet {
         let mut pairs = Vec::new();
         for env in &self.environments {
             for board in self.released_boards(&env.row.name) {
-                pairs.push((env.row.name.clone(), board.to_owned()));
+                pairs.push((env.row.name.clone(), board.clone()));
             }
         }
         pairs.into_iter().filter_map(|(env, board)| self.evaluate(&env, &board)).collect()

@@ -1,39 +1,28 @@
-//! The artifact repository and fleet server.
+//! The artifact repository and fleet server. The HTTP APIs' types and client are in
+//! `ota-proto`; this crate is the server.
 //!
-//! - [`api`]: the JSON wire types, shared with the `imager` client (always built).
-//!
-//! With the `server` feature (default):
-//! - [`store`]: persistence behind a trait (SQLite by default) and the group-commit writer.
+//! - [`store`]: persistence behind the [`store::Store`] trait, chosen at run time (SQLite
+//!   file, the embedded default, or PostgreSQL for several replicas), with versioned
+//!   migrations.
+//! - [`journal`]: group commit, and the in-memory model kept current in commit order.
 //! - [`blobs`]: the content-addressed folder of image files.
 //! - [`fleet`]: the in-memory model every decision is made on.
-//! - [`images`], [`release`], [`rollout`], [`devices`]: the domain rules, plain functions.
-//! - [`service`]: the operations (upload, release, check-in, ...) over fleet + store + blobs.
-//! - [`http`]: the axum routes, thin over [`service`].
+//! - [`images`], [`release`], [`rollout`]: the domain rules, plain functions.
+//! - [`service`]: the operations (upload, release, check-in, ...), one file per area.
+//! - [`http`]: the axum routes, thin over [`service`]; authentication as extractors.
 //! - [`config`], [`cli`]: the `ota-server` command line.
 
-pub mod api;
-
-#[cfg(feature = "server")]
 pub mod auth;
-#[cfg(feature = "server")]
 pub mod blobs;
-#[cfg(feature = "server")]
 pub mod cli;
-#[cfg(feature = "server")]
 pub mod config;
-#[cfg(feature = "server")]
+pub mod error;
 pub mod fleet;
-#[cfg(feature = "server")]
 pub mod http;
-#[cfg(feature = "server")]
 pub mod images;
-#[cfg(feature = "server")]
+pub mod journal;
 pub mod metrics;
-#[cfg(feature = "server")]
 pub mod release;
-#[cfg(feature = "server")]
 pub mod rollout;
-#[cfg(feature = "server")]
 pub mod service;
-#[cfg(feature = "server")]
 pub mod store;

@@ -2,11 +2,38 @@
 //! gauge family do not need a metrics library).
 
 use std::fmt::Write;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::api::RolloutState;
 use crate::fleet::Fleet;
-use crate::service::Metrics;
+use crate::store::RolloutState;
+
+/// The server's counters (per replica).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Device check-ins answered.
+    pub checkins: AtomicU64,
+    /// Check-ins answered with an offer.
+    pub offers: AtomicU64,
+    /// Image downloads (device and management).
+    pub downloads: AtomicU64,
+    /// Bytes of image files served.
+    pub download_bytes: AtomicU64,
+    /// Device downloads redirected to the object store.
+    pub redirects: AtomicU64,
+    /// Images stored.
+    pub uploads: AtomicU64,
+    /// Uploads refused.
+    pub uploads_refused: AtomicU64,
+    /// Device events received.
+    pub events: AtomicU64,
+}
+
+impl Metrics {
+    /// Adds one to `counter`.
+    pub fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
 
 /// Renders the counters and the state of every current rollout.
 pub fn render(m: &Metrics, fleet: &Fleet) -> String {
@@ -16,6 +43,11 @@ pub fn render(m: &Metrics, fleet: &Fleet) -> String {
         ("ota_offers_total", "Check-ins answered with an offer.", &m.offers),
         ("ota_downloads_total", "Image file downloads.", &m.downloads),
         ("ota_download_bytes_total", "Bytes of image files served.", &m.download_bytes),
+        (
+            "ota_download_redirects_total",
+            "Device downloads redirected to the object store.",
+            &m.redirects,
+        ),
         ("ota_uploads_total", "Images stored.", &m.uploads),
         ("ota_uploads_refused_total", "Image uploads refused.", &m.uploads_refused),
         ("ota_device_events_total", "Device events received.", &m.events),
@@ -46,9 +78,8 @@ pub fn render(m: &Metrics, fleet: &Fleet) -> String {
                 RolloutState::Paused,
                 RolloutState::Halted,
             ] {
-                let on = u8::from(r.state == s);
-                let _ =
-                    writeln!(state, "ota_rollout_state{{{labels},state=\"{}\"}} {on}", s.as_str());
+                let on = u8::from(r.row.state == s);
+                let _ = writeln!(state, "ota_rollout_state{{{labels},state=\"{s}\"}} {on}");
             }
             let p = fleet.progress(r);
             let _ = writeln!(stage, "ota_rollout_stage{{{labels}}} {}", r.row.stage);

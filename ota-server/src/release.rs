@@ -1,10 +1,10 @@
 //! Release rules: the promotion gate, the statement a release carries, and what a rollback
 //! goes back to.
 
-use firmware::image::{ImageId, ReleaseError, ReleaseStatement, SignedRelease};
+use firmware::image::{ReleaseError, ReleaseStatement, SignedRelease};
 
-use crate::api::{ReleaseKind, RolloutState};
-use crate::fleet::{Environment, Fleet, Image};
+use crate::fleet::{Environment, Fleet};
+use crate::store::{ImageId, ImageRow};
 
 /// Why a release was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,9 +36,9 @@ pub fn short(id: ImageId) -> String {
 /// The promotion gate: may `image` enter `env`? Open when the environment has no upstream,
 /// when the image was released there before, or when enough upstream devices confirmed it
 /// with failures under the upstream's threshold and no upstream rollout of it halted.
-pub fn gate(fleet: &Fleet, env: &Environment, image: &Image) -> Result<(), Refusal> {
-    let Some(upstream_name) = env.row.upstream.as_deref() else { return Ok(()) };
-    if fleet.releases_of(&env.row.name).iter().any(|r| r.image == image.id) {
+pub fn gate(fleet: &Fleet, env: &Environment, image: &ImageRow) -> Result<(), Refusal> {
+    let Some(upstream_name) = env.row.upstream.as_ref().map(|u| u.as_str()) else { return Ok(()) };
+    if fleet.releases_of(&env.row.name).iter().any(|r| r.row.image_id == image.id) {
         return Ok(());
     }
     let name = &env.row.name;
@@ -49,7 +49,7 @@ pub fn gate(fleet: &Fleet, env: &Environment, image: &Image) -> Result<(), Refus
     // A halt is remembered after the release is superseded (by a rollback, say), unless an
     // operator resumed it and it then completed (which clears the mark).
     if let Some(halted) =
-        fleet.releases_of(upstream_name).iter().find(|r| r.image == image.id && r.row.halted)
+        fleet.releases_of(upstream_name).iter().find(|r| r.row.image_id == image.id && r.row.halted)
     {
         return Err(Refusal::Gate(format!(
             "image {id} halted in {upstream_name} (release {}): {}",
@@ -63,8 +63,8 @@ pub fn gate(fleet: &Fleet, env: &Environment, image: &Image) -> Result<(), Refus
             o.failed.iter().filter(|d| in_upstream(d)).count()
         })
     });
-    let min = env.row.promote_min_confirmed as usize;
-    if min > 0 && !fleet.releases_of(upstream_name).iter().any(|r| r.image == image.id) {
+    let min = env.row.rollout.promote_min_confirmed as usize;
+    if min > 0 && !fleet.releases_of(upstream_name).iter().any(|r| r.row.image_id == image.id) {
         return Err(Refusal::Gate(format!(
             "image {id} was never released to {upstream_name}; {name} takes only images \
              confirmed there"
@@ -77,11 +77,11 @@ pub fn gate(fleet: &Fleet, env: &Environment, image: &Image) -> Result<(), Refus
         )));
     }
     let total = confirmed + failed;
-    if total > 0 && failed as f64 / total as f64 > upstream.row.failure_threshold {
+    if total > 0 && failed as f64 / total as f64 > upstream.row.rollout.failure_threshold {
         return Err(Refusal::Gate(format!(
             "image {id} failed on {failed} of {total} device(s) of {upstream_name} that tried \
              it, above its failure threshold of {:.1}%",
-            100.0 * upstream.row.failure_threshold
+            100.0 * upstream.row.rollout.failure_threshold
         )));
     }
     Ok(())
@@ -138,18 +138,15 @@ pub fn statement(
 }
 
 /// Refuses releasing the image that is already current for its board and still offered.
-pub fn check_not_current(fleet: &Fleet, env: &str, image: &Image) -> Result<(), Refusal> {
-    match fleet.current(env, &image.row.board) {
-        Some(r)
-            if r.image == image.id
-                && matches!(r.state, RolloutState::Rolling | RolloutState::Completed) =>
-        {
+pub fn check_not_current(fleet: &Fleet, env: &str, image: &ImageRow) -> Result<(), Refusal> {
+    match fleet.current(env, &image.board) {
+        Some(r) if r.row.image_id == image.id && r.row.state.offers() => {
             Err(Refusal::AlreadyCurrent(format!(
                 "image {} is already {env}'s current release {} for board {} ({})",
                 short(image.id),
                 r.row.sequence,
-                image.row.board,
-                r.state.as_str()
+                image.board,
+                r.row.state
             )))
         }
         _ => Ok(()),
@@ -165,14 +162,6 @@ pub fn rollback_target(fleet: &Fleet, env: &str, board: &str) -> Option<ImageId>
         .iter()
         .rev()
         .filter(|r| r.row.board == board && r.row.sequence < current.row.sequence)
-        .find(|r| r.image != current.image)
-        .map(|r| r.image)
-}
-
-/// The kind name stored for a release.
-pub fn kind_name(kind: ReleaseKind) -> &'static str {
-    match kind {
-        ReleaseKind::Release => "release",
-        ReleaseKind::Rollback => "rollback",
-    }
+        .find(|r| r.row.image_id != current.row.image_id)
+        .map(|r| r.row.image_id)
 }

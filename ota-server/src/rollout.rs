@@ -12,11 +12,11 @@
 //! - When failed devices pass `failure_threshold` of the stage's devices, the rollout halts by
 //!   itself: no more offers until someone resumes it.
 
-use firmware::image::ImageId;
+use ota_proto::{RolloutProgress, RolloutSettings};
 use sha2::{Digest, Sha256};
 
-use crate::api::{RolloutProgress, RolloutState};
 use crate::fleet::Device;
+use crate::store::{ImageId, RolloutAt, RolloutState};
 
 /// Buckets per 100 %.
 pub const BUCKETS: u16 = 10_000;
@@ -57,42 +57,12 @@ pub fn cutoffs(buckets: impl Iterator<Item = u16>, stages: &[u8]) -> Vec<u16> {
         .collect()
 }
 
-/// Checks stage percentages: 1 to 8 stages, increasing, each 1..=100, the last 100.
-pub fn check_stages(stages: &[u8]) -> Result<(), String> {
-    if stages.is_empty() || stages.len() > 8 {
-        return Err(format!("stages must list 1 to 8 percentages, got {}", stages.len()));
-    }
-    if stages.iter().any(|&p| p == 0 || p > 100) {
-        return Err(format!("stages {stages:?}: each must be 1 to 100 (percent)"));
-    }
-    if stages.windows(2).any(|w| w[0] >= w[1]) {
-        return Err(format!("stages {stages:?} must increase (they are cumulative)"));
-    }
-    if stages.last() != Some(&100) {
-        return Err(format!("stages {stages:?} must end at 100"));
-    }
-    Ok(())
-}
-
-/// An environment's rollout settings.
-#[derive(Clone, Copy, Debug)]
-pub struct Settings<'a> {
-    /// Cumulative percentages.
-    pub stages: &'a [u8],
-    /// Failed share of a stage above which the rollout halts.
-    pub failure_threshold: f64,
-    /// Share of a stage's non-failed devices that must confirm to advance.
-    pub advance_ratio: f64,
-}
-
-/// Where a rollout stands.
+/// Where a rollout goes next, and why if it stops.
 #[derive(Clone, PartialEq, Debug)]
-pub struct Position {
-    /// State.
-    pub state: RolloutState,
-    /// Stage index.
-    pub stage: usize,
-    /// Why it stopped, if it did.
+pub struct Next {
+    /// Its new place.
+    pub at: RolloutAt,
+    /// Why it halted.
     pub reason: Option<String>,
 }
 
@@ -111,7 +81,7 @@ pub fn count<'a>(
         p.in_stage += 1;
         if d.confirmed(image) {
             p.confirmed += 1;
-        } else if d.failed == Some(image) {
+        } else if d.failed(image) {
             p.failed += 1;
         }
     }
@@ -119,48 +89,49 @@ pub fn count<'a>(
     p
 }
 
-/// Whether a device in bucket `bucket` is offered a release at `position`, given the stages'
-/// bucket bounds.
-pub fn offered(position: &Position, cutoffs: &[u16], bucket: u16) -> bool {
-    matches!(position.state, RolloutState::Rolling | RolloutState::Completed)
-        && bucket
-            < cutoffs.get(position.stage.min(cutoffs.len().saturating_sub(1))).copied().unwrap_or(0)
+/// Whether a device in bucket `bucket` is offered a release at `at`, given the stages' bucket
+/// bounds.
+pub fn offered(at: RolloutAt, cutoffs: &[u16], bucket: u16) -> bool {
+    let stage = (at.stage as usize).min(cutoffs.len().saturating_sub(1));
+    at.state.offers() && bucket < cutoffs.get(stage).copied().unwrap_or(0)
 }
 
-/// The next position of a rollout given its devices and their stage bounds (from
+/// The next place of a rollout now at `now`, given its devices and their stage bounds (from
 /// [`cutoffs`]), or `None` if it stays.
 pub fn evaluate<'a>(
-    settings: &Settings<'_>,
-    now: &Position,
+    settings: &RolloutSettings,
+    now: RolloutAt,
     image: ImageId,
     devices: impl Iterator<Item = &'a Device> + Clone,
     bounds: &[u16],
-) -> Option<Position> {
-    if !matches!(now.state, RolloutState::Rolling | RolloutState::Completed) {
+) -> Option<Next> {
+    if !now.state.offers() {
         return None;
     }
+    let stages = &settings.stages;
     // The stages may have been shortened since the rollout reached its stage.
-    let mut now = now.clone();
-    now.stage = now.stage.min(settings.stages.len().saturating_sub(1));
-    let mut next = now.clone();
+    let mut at =
+        RolloutAt { state: now.state, stage: now.stage.min(stages.len().saturating_sub(1) as u32) };
+    let mut reason = None;
     loop {
-        let cutoff = bounds.get(next.stage).copied().unwrap_or(0);
+        let stage = at.stage as usize;
+        let cutoff = bounds.get(stage).copied().unwrap_or(0);
         let p = count(devices.clone(), image, cutoff);
         if p.in_stage > 0 && p.failure_ratio > settings.failure_threshold {
-            next.state = RolloutState::Halted;
-            next.reason = Some(format!(
+            at.state = RolloutState::Halted;
+            reason = Some(format!(
                 "{} of {} devices in stage {} ({}%) reverted or refused the image: {:.1}% is \
                  above the failure threshold of {:.1}%",
                 p.failed,
                 p.in_stage,
-                next.stage + 1,
-                settings.stages.get(next.stage).copied().unwrap_or(100),
+                stage + 1,
+                stages.get(stage).copied().unwrap_or(100),
                 100.0 * p.failure_ratio,
                 100.0 * settings.failure_threshold
             ));
             break;
         }
-        if next.state == RolloutState::Completed || p.in_stage == 0 {
+        if at.state == RolloutState::Completed || p.in_stage == 0 {
             break;
         }
         let candidates = p.in_stage - p.failed;
@@ -168,41 +139,57 @@ pub fn evaluate<'a>(
         if p.confirmed < needed {
             break;
         }
-        if next.stage + 1 < settings.stages.len() {
-            next.stage += 1;
+        if stage + 1 < stages.len() {
+            at.stage += 1;
         } else {
-            next.state = RolloutState::Completed;
+            at.state = RolloutState::Completed;
         }
     }
-    (next != now).then_some(next)
+    (at != now).then_some(Next { at, reason })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::DeviceRow;
+    use crate::store::{BoardName, DeviceId, DeviceRow, EnvironmentName, Timestamp};
 
     const IMAGE: ImageId = ImageId([7; 32]);
 
     fn device(n: usize) -> Device {
-        Device::from_row(DeviceRow::enrolled(&format!("dev-{n}"), "microbit", "prod", [0; 32], 0))
+        Device::from_row(DeviceRow::enrolled(
+            DeviceId::new(format!("dev-{n}")).unwrap(),
+            BoardName::new("microbit").unwrap(),
+            EnvironmentName::new("prod").unwrap(),
+            [0; 32],
+            Timestamp(0),
+        ))
     }
 
     fn confirm(d: &mut Device) {
-        d.running = Some(IMAGE);
-        d.row.confirmed = true;
+        d.row.reported.running = Some(IMAGE);
+        d.row.reported.confirmed = true;
     }
 
-    const SETTINGS: Settings<'static> =
-        Settings { stages: &[5, 25, 100], failure_threshold: 0.2, advance_ratio: 1.0 };
-
-    fn eval(settings: &Settings<'_>, now: &Position, devices: &[Device]) -> Option<Position> {
-        let bounds = cutoffs(devices.iter().map(|d| d.bucket), settings.stages);
-        evaluate(settings, now, IMAGE, devices.iter(), &bounds)
+    fn settings(stages: &[u8], failure_threshold: f64, advance_ratio: f64) -> RolloutSettings {
+        RolloutSettings {
+            stages: stages.to_vec(),
+            failure_threshold,
+            advance_ratio,
+            promote_min_confirmed: 1,
+        }
     }
 
-    fn rolling(stage: usize) -> Position {
-        Position { state: RolloutState::Rolling, stage, reason: None }
+    fn eval(settings: &RolloutSettings, now: RolloutAt, devices: &[Device]) -> Option<RolloutAt> {
+        let bounds = cutoffs(devices.iter().map(|d| d.bucket), &settings.stages);
+        evaluate(settings, now, IMAGE, devices.iter(), &bounds).map(|n| n.at)
+    }
+
+    fn at(state: RolloutState, stage: u32) -> RolloutAt {
+        RolloutAt { state, stage }
+    }
+
+    fn rolling(stage: u32) -> RolloutAt {
+        at(RolloutState::Rolling, stage)
     }
 
     #[test]
@@ -214,70 +201,70 @@ mod tests {
 
     #[test]
     fn stage_advances_only_when_its_devices_confirmed() {
+        let s = settings(&[5, 25, 100], 0.2, 1.0);
         let mut devices: Vec<Device> = (0..1000).map(device).collect();
-        let first = cutoffs(devices.iter().map(|d| d.bucket), SETTINGS.stages)[0];
+        let first = cutoffs(devices.iter().map(|d| d.bucket), &s.stages)[0];
         assert_eq!(devices.iter().filter(|d| d.bucket < first).count(), 50);
-        assert_eq!(eval(&SETTINGS, &rolling(0), &devices), None);
+        assert_eq!(eval(&s, rolling(0), &devices), None);
         // All but one device of stage 1 confirmed: stays.
         let stage1: Vec<usize> = (0..1000).filter(|&i| devices[i].bucket < first).collect();
         for &i in &stage1[1..] {
             confirm(&mut devices[i]);
         }
-        assert_eq!(eval(&SETTINGS, &rolling(0), &devices), None);
+        assert_eq!(eval(&s, rolling(0), &devices), None);
         confirm(&mut devices[stage1[0]]);
-        let next = eval(&SETTINGS, &rolling(0), &devices).unwrap();
-        assert_eq!(next, rolling(1));
+        assert_eq!(eval(&s, rolling(0), &devices), Some(rolling(1)));
         // Everyone confirmed: straight through to completed.
         devices.iter_mut().for_each(confirm);
-        let done = eval(&SETTINGS, &rolling(0), &devices).unwrap();
-        assert_eq!((done.state, done.stage), (RolloutState::Completed, 2));
-        assert_eq!(eval(&SETTINGS, &done, &devices), None);
+        let done = eval(&s, rolling(0), &devices).unwrap();
+        assert_eq!(done, at(RolloutState::Completed, 2));
+        assert_eq!(eval(&s, done, &devices), None);
     }
 
     #[test]
     fn halts_when_failures_pass_the_threshold() {
         let mut devices: Vec<Device> = (0..100).map(device).collect();
-        let all = Settings { stages: &[100], failure_threshold: 0.2, advance_ratio: 0.9 };
+        let all = settings(&[100], 0.2, 0.9);
         for d in devices.iter_mut().take(20) {
-            d.failed = Some(IMAGE);
+            d.row.failed_image = Some(IMAGE);
         }
         // 20% is not above 20%.
-        assert_eq!(eval(&all, &rolling(0), &devices), None);
-        devices[20].failed = Some(IMAGE);
-        let halted = eval(&all, &rolling(0), &devices).unwrap();
-        assert_eq!(halted.state, RolloutState::Halted);
+        assert_eq!(eval(&all, rolling(0), &devices), None);
+        devices[20].row.failed_image = Some(IMAGE);
+        let bounds = cutoffs(devices.iter().map(|d| d.bucket), &all.stages);
+        let halted = evaluate(&all, rolling(0), IMAGE, devices.iter(), &bounds).unwrap();
+        assert_eq!(halted.at.state, RolloutState::Halted);
         assert!(halted.reason.unwrap().contains("21 of 100 devices"));
         // A halted rollout stays halted and offers nothing.
-        let stopped = Position { state: RolloutState::Halted, stage: 0, reason: None };
-        assert_eq!(eval(&all, &stopped, &devices), None);
-        assert!(!offered(&stopped, &[10_000], 0));
-        assert!(offered(&rolling(0), &[10_000], 9_999));
+        let stopped = at(RolloutState::Halted, 0);
+        assert_eq!(eval(&all, stopped, &devices), None);
+        assert!(!offered(stopped, &[10_000], 0));
+        assert!(offered(rolling(0), &[10_000], 9_999));
     }
 
     #[test]
     fn failed_devices_do_not_block_advancing() {
         let mut devices: Vec<Device> = (0..100).map(device).collect();
-        let all = Settings { stages: &[100], failure_threshold: 0.2, advance_ratio: 1.0 };
+        let all = settings(&[100], 0.2, 1.0);
         for (i, d) in devices.iter_mut().enumerate() {
-            if i < 10 { d.failed = Some(IMAGE) } else { confirm(d) }
+            if i < 10 { d.row.failed_image = Some(IMAGE) } else { confirm(d) }
         }
-        let next = eval(&all, &rolling(0), &devices).unwrap();
-        assert_eq!(next.state, RolloutState::Completed);
+        assert_eq!(eval(&all, rolling(0), &devices).unwrap().state, RolloutState::Completed);
     }
 
     #[test]
     fn stages_are_never_empty_and_nothing_completes_without_devices() {
-        let all = Settings { stages: &[1, 100], failure_threshold: 0.2, advance_ratio: 1.0 };
-        assert_eq!(eval(&all, &rolling(0), &[]), None);
+        let all = settings(&[1, 100], 0.2, 1.0);
+        assert_eq!(eval(&all, rolling(0), &[]), None);
         // Ten devices: 1 % of them is still one device.
         let mut devices: Vec<Device> = (0..10).map(device).collect();
-        let bounds = cutoffs(devices.iter().map(|d| d.bucket), all.stages);
+        let bounds = cutoffs(devices.iter().map(|d| d.bucket), &all.stages);
         assert_eq!(devices.iter().filter(|d| d.bucket < bounds[0]).count(), 1);
         assert_eq!(devices.iter().filter(|d| d.bucket < bounds[1]).count(), 10);
-        assert_eq!(eval(&all, &rolling(0), &devices), None);
+        assert_eq!(eval(&all, rolling(0), &devices), None);
         let first = devices.iter().position(|d| d.bucket < bounds[0]).unwrap();
         confirm(&mut devices[first]);
-        assert_eq!(eval(&all, &rolling(0), &devices), Some(rolling(1)));
+        assert_eq!(eval(&all, rolling(0), &devices), Some(rolling(1)));
     }
 
     #[test]
@@ -285,14 +272,5 @@ mod tests {
         assert_eq!(cutoffs([7u16, 3, 3, 9000].into_iter(), &[25, 50, 100]), vec![4, 4, 9001]);
         assert_eq!(cutoffs([5u16].into_iter(), &[5, 100]), vec![6, 6]);
         assert_eq!(cutoffs(std::iter::empty(), &[5, 100]), vec![0, 0]);
-    }
-
-    #[test]
-    fn stage_lists_are_checked() {
-        assert!(check_stages(&[5, 25, 100]).is_ok());
-        assert!(check_stages(&[]).is_err());
-        assert!(check_stages(&[50, 25, 100]).unwrap_err().contains("increase"));
-        assert!(check_stages(&[5, 50]).unwrap_err().contains("end at 100"));
-        assert!(check_stages(&[0, 100]).is_err());
     }
 }

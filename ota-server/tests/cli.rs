@@ -6,7 +6,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use common::{BIN, Server, build_key, image, write_public_pem};
+use common::{BIN, Backend, Server, build_key, image, write_public_pem};
 use serde_json::json;
 
 fn run(args: &[&str]) -> (bool, String, String) {
@@ -18,11 +18,10 @@ fn run(args: &[&str]) -> (bool, String, String) {
     )
 }
 
-#[test]
-fn token_made_offline_works_on_the_running_server() {
-    let server = Server::start();
+fn token_made_offline_works_on_the_running_server(backend: Backend) {
+    let server = Server::start_on(backend);
     let data = server.data();
-    let (ok, stdout, stderr) = run(&[
+    let mut args = vec![
         "token",
         "create",
         "--data",
@@ -31,7 +30,10 @@ fn token_made_offline_works_on_the_running_server() {
         "ci",
         "--name",
         "ci-bot",
-    ]);
+    ];
+    let database = server.database_args();
+    args.extend(database.iter().map(String::as_str));
+    let (ok, stdout, stderr) = run(&args);
     assert!(ok, "{stderr}");
     let token = stdout.trim().rsplit(' ').next().unwrap().to_owned();
     assert!(token.starts_with("fwm_"), "{stdout}");
@@ -100,15 +102,11 @@ fn settings_from_a_file_and_the_environment() {
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let url = line.trim().strip_prefix("listening on ").unwrap().to_owned();
     // The file's size limit applies.
-    let agent: ureq::Agent =
-        ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let r = agent
-        .post(format!("{url}/api/v1/images"))
-        .header("Authorization", format!("Bearer {admin}"))
-        .content_type("application/octet-stream")
-        .send(&image("1.0.0").bytes[..])
-        .unwrap();
-    assert_eq!(r.status(), 413);
+    let client =
+        ota_proto::client::Blocking::new(ota_proto::client::Client::new(&url, &admin).unwrap())
+            .unwrap();
+    let err = client.run(|c| c.upload(image("1.0.0").bytes.into(), None)).unwrap_err();
+    assert_eq!((err.status(), err.code()), (Some(413), Some("too_large")), "{err}");
     child.kill().unwrap();
     child.wait().unwrap();
     // Logs are JSON lines.
@@ -164,14 +162,40 @@ fn refusals_are_clear_and_change_nothing() {
         "127.0.0.1:0",
     ]);
     assert!(!ok);
-    assert!(stderr.contains("PostgreSQL is not supported by this build yet"), "{stderr}");
+    assert!(stderr.contains("cannot connect to postgres://db/ota"), "{stderr}");
+    let (ok, _, stderr) = run(&["serve", "--data", data, "--database", "mysql://u:secret@h/x"]);
+    assert!(!ok);
+    assert!(stderr.contains("expected sqlite://PATH or postgres://"), "{stderr}");
+    assert!(!stderr.contains("secret"), "passwords are never shown: {stderr}");
+    // One server process per SQLite file.
+    let mut first = Command::new(BIN)
+        .args(["serve", "--data", data, "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(first.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.starts_with("listening on"), "{line}");
+    let (ok, _, stderr) = run(&["serve", "--data", data, "--listen", "127.0.0.1:0"]);
+    assert!(!ok);
+    assert!(stderr.contains("another ota-server serves"), "{stderr}");
+    first.kill().unwrap();
+    first.wait().unwrap();
     let (ok, _, stderr) = run(&["token", "create", "--data", data, "--role", "root"]);
     assert!(!ok);
     assert!(stderr.contains("unknown role"), "{stderr}");
-    for args in
-        [&["--help"][..], &["serve", "--help"], &["init", "--help"], &["token", "create", "--help"]]
-    {
+    for args in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["init", "--help"],
+        &["migrate", "--help"],
+        &["copy-store", "--help"],
+        &["gc", "--help"],
+        &["token", "create", "--help"],
+    ] {
         let (ok, stdout, _) = run(args);
         assert!(ok && stdout.contains("Usage:"), "{args:?}");
     }
 }
+
+both_backends!(token_made_offline_works_on_the_running_server);

@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::Backend;
+
 use common::{Server, image, prod_key, sign_release};
 use ed25519_dalek::SigningKey;
 use firmware::image::{SignedRelease, TrustedKey};
@@ -34,9 +36,8 @@ fn environment(server: &Server, env: &str) -> Value {
     server.get(&format!("/api/v1/environments/{env}"), &server.admin).json()
 }
 
-#[test]
-fn test_then_staged_prod_then_halt_and_rollback() {
-    let server = Server::start();
+fn test_then_staged_prod_then_halt_and_rollback(backend: Backend) {
+    let server = Server::start_on(backend);
     let admin = server.admin.clone();
     let (v1, v2, v3) = (image("1.0.0"), image("2.0.0"), image("3.0.0"));
     for v in [&v1, &v2, &v3] {
@@ -185,7 +186,7 @@ fn test_then_staged_prod_then_halt_and_rollback() {
         Some(br#"{"failure_threshold": 0.5}"#),
         &[],
     );
-    assert_eq!(r.json()["failure_threshold"], 0.5);
+    assert_eq!(r.json()["rollout"]["failure_threshold"], 0.5);
     let r =
         server.post_json("/api/v1/environments/test/releases", &admin, json!({"image_id": v3_id}));
     assert_eq!(r.status, 201);
@@ -289,9 +290,8 @@ fn test_then_staged_prod_then_halt_and_rollback() {
     );
 }
 
-#[test]
-fn range_downloads_resume_byte_exact() {
-    let server = Server::start();
+fn range_downloads_resume_byte_exact(backend: Backend) {
+    let server = Server::start_on(backend);
     let admin = server.admin.clone();
     let v1 = image("1.0.0");
     assert_eq!(server.upload(&admin, &v1.bytes).status, 201);
@@ -371,9 +371,8 @@ fn range_downloads_resume_byte_exact() {
     assert_eq!(server.get(&url, &other).status, 404);
 }
 
-#[test]
-fn gate_counts_survive_a_restart() {
-    let mut server = Server::start();
+fn gate_counts_survive_a_restart(backend: Backend) {
+    let mut server = Server::start_on(backend);
     let admin = server.admin.clone();
     let v2 = image("2.0.0");
     assert_eq!(server.upload(&admin, &v2.bytes).status, 201);
@@ -409,9 +408,8 @@ fn gate_counts_survive_a_restart() {
     assert_eq!(r.status, 201, "{}", r.json());
 }
 
-#[test]
-fn device_reports_are_checked() {
-    let server = Server::start();
+fn device_reports_are_checked(backend: Backend) {
+    let server = Server::start_on(backend);
     let device = server.enroll("d-1", "dev");
     let zero = "0".repeat(64);
     let r = server.post_json(
@@ -425,7 +423,12 @@ fn device_reports_are_checked() {
         &device,
         json!({"image_id": null, "slot_b": {"state": "full"}}),
     );
-    assert_eq!((r.status, r.code().as_str()), (400, "bad_slot_b"));
+    assert_eq!((r.status, r.code().as_str()), (400, "bad_json"));
+    let message = r.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("unknown variant `full`") && message.contains("`pending`"),
+        "{message}"
+    );
     let r = server.post_json(
         "/api/v1/device/checkin",
         &device,
@@ -451,9 +454,8 @@ fn device_reports_are_checked() {
     assert_eq!((r.status, r.code().as_str()), (404, "unknown_device"));
 }
 
-#[test]
-fn claims_do_not_open_the_gate_and_empty_fleets_do_not_complete() {
-    let server = Server::start();
+fn claims_do_not_open_the_gate_and_empty_fleets_do_not_complete(backend: Backend) {
+    let server = Server::start_on(backend);
     let admin = server.admin.clone();
     let v2 = image("2.0.0");
     assert_eq!(server.upload(&admin, &v2.bytes).status, 201);
@@ -488,10 +490,9 @@ fn claims_do_not_open_the_gate_and_empty_fleets_do_not_complete() {
     assert_eq!(offered, 1, "5 % of 20 devices");
 }
 
-#[test]
-fn a_repeated_report_is_recorded_once() {
+fn a_repeated_report_is_recorded_once(backend: Backend) {
     // Devices repeat a report whose answer they did not hear (a serial link, a reset).
-    let server = Server::start();
+    let server = Server::start_on(backend);
     let v1 = image("1.0.0");
     assert_eq!(server.upload(&server.admin, &v1.bytes).status, 201);
     let id = v1.id.to_string();
@@ -504,3 +505,10 @@ fn a_repeated_report_is_recorded_once() {
         d["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["downloading", "failed", "downloading"], "newest first");
 }
+
+both_backends!(test_then_staged_prod_then_halt_and_rollback);
+both_backends!(range_downloads_resume_byte_exact);
+both_backends!(gate_counts_survive_a_restart);
+both_backends!(device_reports_are_checked);
+both_backends!(claims_do_not_open_the_gate_and_empty_fleets_do_not_complete);
+both_backends!(a_repeated_report_is_recorded_once);

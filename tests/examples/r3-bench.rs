@@ -60,8 +60,8 @@ fn options(url: &str, token: &str, env: &str, devices: usize, prefix: &str) -> O
         server: url.into(),
         token: token.into(),
         devices,
-        board: "microbit".into(),
-        environment: env.into(),
+        board: "microbit".parse().expect("a board name"),
+        environment: env.parse().expect("an environment name"),
         prefix: prefix.into(),
         behaviour: Behaviour { fail_ratio: 0.0, power_cut_ratio: 0.0 },
         checkin_interval: Duration::from_millis(100),
@@ -69,6 +69,7 @@ fn options(url: &str, token: &str, env: &str, devices: usize, prefix: &str) -> O
         concurrency: 512,
         seed: 3,
         verbose: true,
+        outage_limit: Duration::from_secs(120),
     }
 }
 
@@ -169,8 +170,7 @@ async fn main() -> Result<()> {
     let wall = started.elapsed().as_secs_f64();
     let rss = peak_rss_mib(child.0.id());
     let own = peak_rss_mib(std::process::id());
-    let metrics = tests::fleet::client::Client::new(&url)?.get("/metrics", "").await?;
-    let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
+    let metrics = ota_proto::client::Client::new(&url, &token)?.metrics().await?;
     let metric = |name: &str| {
         metrics
             .lines()

@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use std::net::TcpListener;
+use std::path::Path;
 
 use serde_json::Value;
 
@@ -181,4 +182,135 @@ fn an_unreachable_server_is_named() {
     assert!(err.starts_with(&format!("error: cannot reach the ota-server at {url}: ")), "{err}");
     let err = fails(None, &["audit", "--server", "https://127.0.0.1:1", "--token", "t"]);
     assert!(err.contains("plain HTTP"), "{err}");
+}
+
+/// The devices enrolled on `server`, by id.
+fn enrolled(server: &Server) -> Vec<String> {
+    let devices = json(server, &["devices"]);
+    devices.as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap().to_owned()).collect()
+}
+
+#[test]
+fn device_add_from_csv_enrolls_all_or_none_and_keeps_the_tokens_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = Server::with_new_keys(&dir);
+    let s = Some(&server);
+    let write = |name: &str, text: &str| {
+        let file = path(&dir, name);
+        std::fs::write(&file, text).unwrap();
+        file
+    };
+
+    // A good list: every device enrolled, the tokens in a new file only its owner reads.
+    let good = write(
+        "line-1.csv",
+        "id,board,environment\n# the test bench\nqa-1,microbit,test\nqa-2,microbit,test\n\nfield-1,nrf52840dk,prod\n",
+    );
+    let tokens = path(&dir, "tokens.csv");
+    let out = ok(s, &["device", "add", "--from-csv", &good, "--out", &tokens]);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(
+        out.starts_with(&format!("enrolled 3 devices from {good}; their tokens are in {tokens}")),
+        "{out}"
+    );
+    let written = std::fs::read_to_string(&tokens).unwrap();
+    let lines: Vec<&str> = written.lines().collect();
+    assert_eq!(lines[0], "id,token");
+    let pairs: Vec<(&str, &str)> = lines[1..].iter().map(|l| l.split_once(',').unwrap()).collect();
+    let ids: Vec<&str> = pairs.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids, ["qa-1", "qa-2", "field-1"]);
+    for (_, token) in &pairs {
+        assert!(token.starts_with("fwd_") && !out.contains(token), "{token}");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&tokens).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
+    // Each token is its device's: it checks in as that device.
+    let client = ota_proto::client::Client::new(&server.url, pairs[2].1).unwrap();
+    let api = ota_proto::client::Blocking::new(client).unwrap();
+    let nothing_yet = ota_proto::CheckIn::default();
+    api.run(|c| c.checkin(&nothing_yet)).unwrap();
+    let field = json(&server, &["device", "show", "field-1"]);
+    assert_eq!(
+        (field["device"]["board"].as_str(), field["device"]["environment"].as_str()),
+        (Some("nrf52840dk"), Some("prod"))
+    );
+    assert!(field["device"]["last_seen"].is_string(), "{field:#}");
+    let before = enrolled(&server);
+    assert_eq!(before.len(), 3);
+
+    // An existing --out: refused before anything is sent; the file is left as it was.
+    let more = write("more.csv", "qa-3,microbit,test\n");
+    let err = fails(s, &["device", "add", "--from-csv", &more, "--out", &tokens]);
+    assert!(err.contains(&format!("{tokens} exists")), "{err}");
+    assert_eq!(std::fs::read_to_string(&tokens).unwrap(), written);
+    assert_eq!(enrolled(&server), before);
+
+    // A board the server does not know, on line 5: nothing enrolled, the line named.
+    let new_tokens = path(&dir, "new-tokens.csv");
+    let unknown = write(
+        "unknown.csv",
+        "id,board,environment\nqa-3,microbit,test\nqa-4,microbit,test\n# next: a typo\nqa-5,mircobit,test\nqa-6,microbit,test\n",
+    );
+    let err = fails(s, &["device", "add", "--from-csv", &unknown, "--out", &new_tokens]);
+    assert!(
+        err.starts_with(&format!("error: {unknown} line 5: the ota-server refused device qa-5: ")),
+        "{err}"
+    );
+    assert!(err.contains("mircobit") && err.contains("nothing was enrolled"), "{err}");
+    // A device enrolled already, on line 2.
+    let again = write("again.csv", "qa-7,microbit,test\nqa-1,microbit,test\n");
+    let err = fails(s, &["device", "add", "--from-csv", &again, "--out", &new_tokens]);
+    assert!(
+        err.starts_with(&format!("error: {again} line 2: the ota-server refused device qa-1: ")),
+        "{err}"
+    );
+    assert!(err.contains("(exists, HTTP 409)"), "{err}");
+    // An id twice in the file, and a bad name: refused here, naming the lines.
+    let twice = write("twice.csv", "qa-8,microbit,test\nqa-9,microbit,test\nqa-8,microbit,prod\n");
+    let err = fails(s, &["device", "add", "--from-csv", &twice, "--out", &new_tokens]);
+    assert_eq!(err.trim_end(), format!("error: {twice} line 3: device qa-8 is already on line 1"));
+    let bad = write("bad.csv", "qa-10,microbit,test\nqa-11,microbit,Test\n");
+    let err = fails(s, &["device", "add", "--from-csv", &bad, "--out", &new_tokens]);
+    assert!(err.starts_with(&format!("error: {bad} line 2: environment name \"Test\"")), "{err}");
+    assert_eq!(enrolled(&server), before, "nothing was enrolled by the refused lists");
+    assert!(!Path::new(&new_tokens).exists());
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with(".imager-"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+
+    // Usage: a list needs --out; one device needs its board and environment.
+    for args in [
+        &["device", "add", "--from-csv", &good][..],
+        &["device", "add", "qa-12", "--board", "microbit"][..],
+        &[
+            "device",
+            "add",
+            "qa-12",
+            "--board",
+            "microbit",
+            "--env",
+            "test",
+            "--from-csv",
+            &good,
+            "--out",
+            &new_tokens,
+        ][..],
+    ] {
+        let out = imager(s, args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let help = ok(None, &["device", "add", "--help"]);
+    assert!(help.contains("--from-csv <FILE>") && help.contains("id,board,environment"), "{help}");
 }

@@ -19,8 +19,8 @@ fn options(server: &Server, env: &str, devices: usize, prefix: &str, cuts: f64) 
         server: server.url.clone(),
         token: server.token.clone(),
         devices,
-        board: "microbit".into(),
-        environment: env.into(),
+        board: "microbit".parse().unwrap(),
+        environment: env.parse().unwrap(),
         prefix: prefix.into(),
         behaviour: Behaviour { fail_ratio: 0.0, power_cut_ratio: cuts },
         checkin_interval: Duration::from_millis(20),
@@ -28,6 +28,7 @@ fn options(server: &Server, env: &str, devices: usize, prefix: &str, cuts: f64) 
         concurrency: 64,
         seed: 7,
         verbose: false,
+        outage_limit: Duration::from_secs(60),
     }
 }
 
@@ -59,9 +60,8 @@ async fn pipeline(cuts: f64) {
         s
     };
     let dir = tempfile::tempdir().unwrap();
-    let (build, build_pub) = keygen(&dir, "build");
-    let (prod_key, prod_pub) = keygen(&dir, "prod");
-    let server = Server::start(&dir, &build_pub, &prod_pub);
+    let (server, keys) = Server::with_new_keys(&dir);
+    let (build, prod_key) = (keys.build, keys.prod);
     let (v1, v1_id) = fuse(&dir, &build, "1.0.0");
     let (v2, v2_id) = fuse(&dir, &build, "2.0.0");
     let (v3, v3_id) = fuse(&dir, &build, "3.0.0");
@@ -174,11 +174,9 @@ async fn the_same_with_power_cuts() {
 #[test]
 fn fleet_sim_command() {
     let dir = tempfile::tempdir().unwrap();
-    let (build, build_pub) = keygen(&dir, "build");
-    let (_, prod_pub) = keygen(&dir, "prod");
-    let server = Server::start(&dir, &build_pub, &prod_pub);
-    let (v1, _) = fuse(&dir, &build, "1.0.0");
-    let (v2, v2_id) = fuse(&dir, &build, "2.0.0");
+    let (server, keys) = Server::with_new_keys(&dir);
+    let (v1, _) = fuse(&dir, &keys.build, "1.0.0");
+    let (v2, v2_id) = fuse(&dir, &keys.build, "2.0.0");
     ok(Some(&server), &["push", &v2]);
     ok(Some(&server), &["release", "dev", &v2_id]);
     let sim = |extra: &[&str]| {
@@ -194,6 +192,7 @@ fn fleet_sim_command() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let s: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!((s["devices"].as_u64(), s["bricked"].as_u64()), (Some(25), Some(0)), "{s}");
+        assert!(s["retries"].is_u64(), "{s}");
         let n = |k: &str| s[k].as_u64().unwrap();
         let on_v2 = s["running"][&v2_id].as_u64().unwrap_or(0);
         if run == 0 {

@@ -182,7 +182,7 @@ impl Rig {
             json(&server, &["device", "add", "mb-1", "--board", "microbit", "--env", "prod"]);
         let token = created["token"].as_str().unwrap().to_owned();
         // Updates roll out to prod without waiting for confirmations elsewhere.
-        patch(&server, "/api/v1/environments/prod", r#"{"promote_min_confirmed": 0}"#);
+        no_promotion_gate(&server, "prod");
 
         // The device, its UART on a TCP port (it starts once the gateway connected)...
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -245,6 +245,23 @@ impl Rig {
                     Ok(line) => self.seen.push(line),
                     Err(_) => panic!("no `{step}` within 120 s; so far: {:#?}", self.seen),
                 }
+            }
+        }
+    }
+
+    /// Waits for a line (after the last one matched) that satisfies `matches`, 120 s at most;
+    /// returns it.
+    fn expect_line(&mut self, what: &str, matches: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(i) = self.seen[self.cursor..].iter().position(|l| matches(l)) {
+                self.cursor += i + 1;
+                return self.seen[self.cursor - 1].clone();
+            }
+            let left = deadline.checked_duration_since(Instant::now()).unwrap_or_default();
+            match self.rx.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!("no {what} within 120 s; so far: {:#?}", self.seen),
             }
         }
     }
@@ -347,6 +364,30 @@ fn v2_installs_and_confirms_v3_is_reverted_over_the_gateway() {
 }
 
 #[test]
+fn the_device_backs_off_while_the_server_is_down_and_checks_in_once_it_is_back() {
+    let mut rig = Rig::start(None);
+    rig.server.kill();
+    // Each check-in the gateway cannot make for it, the device waits twice as long as before
+    // (2 s, 4 s, 8 s...): it neither gives up nor hammers a server that is down.
+    for wait in [2, 4, 8] {
+        rig.expect(&["gateway: check-in: cannot reach the ota-server".into()]);
+        let said = format!("checking in again in {wait} s");
+        let line = rig.expect_line(&said, |l| {
+            l.starts_with("fwi demo os: gateway: check-in: cannot reach the ota-server")
+                && l.contains("checking in again")
+        });
+        assert!(line.ends_with(&said), "{line}");
+    }
+    // Back, on the same data folder: the next check-in goes through and runs as before.
+    rig.server.restart();
+    let v1_id = rig.v1_id.clone();
+    rig.expect(&[format!("gateway: check-in: runs {v1_id} 1.0.0 (confirmed); nothing offered")]);
+    // And the device is updated as usual.
+    let v2_id = rig.release_v2();
+    rig.expect(&[format!("fwi demo os: self-test passed, image {v2_id} confirmed")]);
+}
+
+#[test]
 fn a_corrupted_image_is_refused_and_v1_keeps_running() {
     // The gateway downloads through a proxy that flips one byte of the image's payload.
     let mut rig = Rig::start(Some(|server| corrupting_proxy(server, 4000)));
@@ -425,19 +466,13 @@ fn relay(mut client: std::net::TcpStream, upstream: &str, at: usize) -> std::io:
     client.write_all(&answer)
 }
 
-/// `PATCH` with a JSON body and the admin token (no imager command sets environment options).
-fn patch(server: &Server, path: &str, body: &str) {
-    use std::io::Write;
-    let address = server.url.trim_start_matches("http://").trim_end_matches('/');
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    write!(
-        stream,
-        "PATCH {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        server.token,
-        body.len()
-    )
-    .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    assert!(answer.starts_with("HTTP/1.1 200"), "PATCH {path}: {answer}");
+/// Lets images into `env` without confirmations upstream (no imager command sets rollout
+/// settings).
+fn no_promotion_gate(server: &Server, env: &str) {
+    let env: ota_proto::EnvironmentName = env.parse().unwrap();
+    let api = admin(server);
+    let mut rollout = api.run(|c| c.environment(&env)).unwrap().rollout;
+    rollout.promote_min_confirmed = 0;
+    let changed = api.run(|c| c.update_environment(&env, &rollout)).unwrap();
+    assert_eq!(changed.rollout.promote_min_confirmed, 0);
 }

@@ -9,13 +9,13 @@ use core::fmt::Write;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Compression, TransportImage};
+use super::{Compression, ImageId, KeyId, TransportImage};
 
 /// An image file, described.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub struct ImageSummary {
-    /// Image id (hex SHA-256 of the manifest).
-    pub id: String,
+    /// Image id (the SHA-256 of the manifest; hex in JSON).
+    pub id: ImageId,
     /// Board name.
     pub board: String,
     /// Image version.
@@ -73,8 +73,8 @@ pub struct CompressionSummary {
 /// One signature.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub struct SignatureSummary {
-    /// The signing key's id, hex.
-    pub key_id: String,
+    /// The signing key's id (hex in JSON).
+    pub key_id: KeyId,
 }
 
 impl ImageSummary {
@@ -107,7 +107,7 @@ impl ImageSummary {
             })
             .collect();
         ImageSummary {
-            id: header.id().to_string(),
+            id: header.id(),
             board: manifest.board().to_owned(),
             version: manifest.version().to_string(),
             security_counter: manifest.security_counter(),
@@ -119,7 +119,7 @@ impl ImageSummary {
             components,
             signatures: header
                 .signatures()
-                .map(|s| SignatureSummary { key_id: s.key_id.to_string() })
+                .map(|s| SignatureSummary { key_id: s.key_id })
                 .collect(),
         }
     }

@@ -1,25 +1,30 @@
 //! The ota-server's answers as text for people: aligned tables and short lines. (`--json`
 //! prints the API types themselves.)
 
-use ota_server::api::{
+use firmware::image::ImageId;
+use ota_proto::client::Uploaded;
+use ota_proto::{
     AuditEntry, DeviceCreated, DeviceDetail, DeviceInfo, EnvironmentInfo, ImageInfo, ReleaseInfo,
-    RolloutState,
+    RolloutState, Timestamp,
 };
 
-use super::Pushed;
-
 /// Image ids in tables: the first 12 hex digits.
-pub fn short_id(id: &str) -> &str {
-    id.get(..12).unwrap_or(id)
+pub fn short_id(id: &ImageId) -> String {
+    let mut hex = id.to_string();
+    hex.truncate(12);
+    hex
 }
 
-/// An RFC 3339 time without its fraction: `2026-05-01T12:00:00.123Z` → `2026-05-01 12:00:00Z`.
-pub fn short_time(time: &str) -> String {
-    match (time.get(..19), time.ends_with('Z')) {
-        (Some(head), true) if head.as_bytes().get(10) == Some(&b'T') => {
-            format!("{}Z", head.replacen('T', " ", 1))
+/// A time to the second, for tables: `2026-05-01 12:00:00Z` (the API's RFC 3339 form,
+/// `2026-05-01T12:00:00.123Z`, without the `T` and the milliseconds).
+pub fn short_time(time: Timestamp) -> String {
+    let text = time.to_string();
+    match text.split_once('T') {
+        Some((date, clock)) => {
+            let clock = clock.split(['.', 'Z']).next().unwrap_or(clock);
+            format!("{date} {clock}Z")
         }
-        _ => time.to_owned(),
+        None => text,
     }
 }
 
@@ -46,14 +51,14 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 
 /// What `imager push` prints: the id, then board, version and size, and whether the upload
 /// stored it or it was there already.
-pub fn pushed(p: &Pushed) -> String {
+pub fn pushed(p: &Uploaded) -> String {
     let s = &p.image.summary;
     let stored = if p.new {
         "new, stored".to_owned()
     } else {
         format!(
             "already stored (uploaded {} by {})",
-            short_time(&p.image.uploaded_at),
+            short_time(p.image.uploaded_at),
             p.image.uploaded_by
         )
     };
@@ -80,11 +85,11 @@ pub fn images(images: &[ImageInfo]) -> String {
         &["IMAGE", "BOARD", "VERSION", "BYTES", "UPLOADED", "BY"],
         |i| {
             vec![
-                short_id(&i.summary.id).to_owned(),
+                short_id(&i.summary.id),
                 i.summary.board.clone(),
                 i.summary.version.clone(),
                 i.summary.file_size.to_string(),
-                short_time(&i.uploaded_at),
+                short_time(i.uploaded_at),
                 i.uploaded_by.clone(),
             ]
         },
@@ -103,19 +108,16 @@ pub fn stage(r: &ReleaseInfo) -> String {
 pub fn state(state: RolloutState) -> String {
     match state {
         RolloutState::Halted => "!! HALTED".to_owned(),
-        other => other.as_str().to_owned(),
+        other => other.to_string(),
     }
 }
 
 /// One release on one line, as `release`, `promote`, `rollback`, `pause` and `resume` print it.
 pub fn release(r: &ReleaseInfo) -> String {
-    let kind = match r.kind {
-        ota_server::api::ReleaseKind::Release => "release",
-        ota_server::api::ReleaseKind::Rollback => "rollback",
-    };
     let mut line = format!(
-        "{} {kind} {}: image {} ({} {}), {}, stage {}\n",
+        "{} {} {}: image {} ({} {}), {}, stage {}\n",
         r.environment,
+        r.kind,
         r.sequence,
         r.image_id,
         r.board,
@@ -124,7 +126,7 @@ pub fn release(r: &ReleaseInfo) -> String {
         stage(r)
     );
     if let Some(reason) = &r.reason {
-        line.push_str(&format!("  {}: {reason}\n", r.state.as_str()));
+        line.push_str(&format!("  {}: {reason}\n", r.state));
     }
     line
 }
@@ -139,16 +141,16 @@ pub fn status(envs: &[EnvironmentInfo]) -> String {
     let mut notes = String::new();
     for env in envs {
         if env.current.is_empty() {
-            let mut row = vec![env.name.clone(), "-".to_owned(), "(no release)".to_owned()];
+            let mut row = vec![env.name.to_string(), "-".to_owned(), "(no release)".to_owned()];
             row.resize(10, "-".to_owned());
             rows.push(row);
         }
         for r in &env.current {
             let p = &r.progress;
             rows.push(vec![
-                env.name.clone(),
-                r.board.clone(),
-                short_id(&r.image_id).to_owned(),
+                env.name.to_string(),
+                r.board.to_string(),
+                short_id(&r.image_id),
                 r.version.clone(),
                 r.sequence.to_string(),
                 state(r.state),
@@ -161,10 +163,7 @@ pub fn status(envs: &[EnvironmentInfo]) -> String {
             if let Some(reason) = &r.reason {
                 notes.push_str(&format!(
                     "{flag}{} {} release {} {}: {reason}\n",
-                    env.name,
-                    r.board,
-                    r.sequence,
-                    r.state.as_str()
+                    env.name, r.board, r.sequence, r.state
                 ));
             } else if r.state == RolloutState::Halted {
                 notes.push_str(&format!(
@@ -202,17 +201,17 @@ pub fn devices(devices: &[DeviceInfo]) -> String {
 
 fn device_row(d: &DeviceInfo) -> Vec<String> {
     let (running, confirmed) = match &d.running {
-        Some(id) => (short_id(id).to_owned(), if d.confirmed { "yes" } else { "trial" }),
+        Some(id) => (short_id(id), if d.confirmed { "yes" } else { "trial" }),
         None => ("-".to_owned(), "-"),
     };
     vec![
-        d.id.clone(),
-        d.board.clone(),
-        d.environment.clone(),
-        d.state.as_str().to_owned(),
+        d.id.to_string(),
+        d.board.to_string(),
+        d.environment.to_string(),
+        d.state.to_string(),
         running,
         confirmed.to_owned(),
-        d.last_seen.as_deref().map_or_else(|| "never".to_owned(), short_time),
+        d.last_seen.map_or_else(|| "never".to_owned(), short_time),
     ]
 }
 
@@ -226,26 +225,37 @@ pub fn device_created(created: &DeviceCreated) -> String {
     )
 }
 
+/// What `imager device add --from-csv` prints: one line, never the tokens.
+pub fn enrolled(csv: &std::path::Path, enrolled: &super::enroll::Enrolled) -> String {
+    format!(
+        "enrolled {} device{} from {}; their tokens are in {} (readable by you only; the server \
+         shows them only this once)\n",
+        enrolled.devices,
+        if enrolled.devices == 1 { "" } else { "s" },
+        csv.display(),
+        enrolled.tokens_file.display()
+    )
+}
+
 /// What `imager device show` prints: the device, then its events, newest first.
 pub fn device_detail(detail: &DeviceDetail) -> String {
     let d = &detail.device;
     let mut out = devices(std::slice::from_ref(d));
-    let optional = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
-    let slot_b = d.slot_b.as_ref().map_or_else(
-        || "-".to_owned(),
-        |s| match &s.image_id {
-            Some(id) => format!("{} {id}", s.state),
-            None => s.state.clone(),
-        },
-    );
+    fn optional(value: Option<impl ToString>) -> String {
+        value.map_or_else(|| "-".to_owned(), |v| v.to_string())
+    }
+    let slot_b = d.slot_b.as_ref().map(|s| match &s.image_id {
+        Some(id) => format!("{} {id}", s.state),
+        None => s.state.to_string(),
+    });
     let facts = [
-        ("running", optional(&d.running)),
-        ("failed image", optional(&d.failed_image)),
-        ("slot B", slot_b),
-        ("last outcome", optional(&d.last_outcome)),
-        ("release sequence", d.release_sequence.map_or_else(|| "-".to_owned(), |s| s.to_string())),
+        ("running", optional(d.running)),
+        ("failed image", optional(d.failed_image)),
+        ("slot B", optional(slot_b)),
+        ("last outcome", optional(d.last_outcome.as_ref())),
+        ("release sequence", optional(d.release_sequence)),
         ("rollout bucket", d.bucket.to_string()),
-        ("enrolled", short_time(&d.enrolled_at)),
+        ("enrolled", short_time(d.enrolled_at)),
     ];
     out.push('\n');
     for (label, value) in facts {
@@ -258,8 +268,8 @@ pub fn device_detail(detail: &DeviceDetail) -> String {
         &["WHEN", "IMAGE", "EVENT", "DETAIL"],
         |e| {
             vec![
-                short_time(&e.at),
-                short_id(&e.image_id).to_owned(),
+                short_time(e.at),
+                short_id(&e.image_id),
                 e.kind.as_str().to_owned(),
                 e.detail.clone().unwrap_or_default(),
             ]
@@ -271,28 +281,44 @@ pub fn device_detail(detail: &DeviceDetail) -> String {
 /// What `imager audit` prints.
 pub fn audit(entries: &[AuditEntry]) -> String {
     listing(entries, "no audit entries", &["WHEN", "ACTOR", "ROLE", "ACTION", "TARGET"], |e| {
-        vec![short_time(&e.at), e.actor.clone(), e.role.clone(), e.action.clone(), e.target.clone()]
+        vec![
+            short_time(e.at),
+            e.actor.clone(),
+            e.role.to_string(),
+            e.action.to_string(),
+            e.target.clone(),
+        ]
     })
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use ota_server::api::{DeviceState, ReleaseKind, RolloutProgress};
+    use ota_proto::{
+        DeviceState, HexBytes, KeyId, PublicKey, ReleaseKind, RolloutProgress, RolloutSettings,
+    };
 
     const ID: &str = "3f2a9c0d1e2b44556677889900aabbccddeeff00112233445566778899aabbcc";
+
+    fn id() -> ImageId {
+        ImageId::from_hex(ID).unwrap()
+    }
+
+    fn at(text: &str) -> Timestamp {
+        text.parse().unwrap()
+    }
 
     /// A release of [`ID`] to prod for `board`, rolling in stage 1 of 3.
     pub(crate) fn release(board: &str, sequence: u64) -> ReleaseInfo {
         ReleaseInfo {
-            environment: "prod".into(),
+            environment: "prod".parse().unwrap(),
             sequence,
-            image_id: ID.into(),
-            board: board.into(),
+            image_id: id(),
+            board: board.parse().unwrap(),
             version: "1.4.2".into(),
             kind: ReleaseKind::Release,
-            statement: String::new(),
-            created_at: "2026-05-01T12:00:00.000Z".into(),
+            statement: HexBytes::default(),
+            created_at: at("2026-05-01T12:00:00.000Z"),
             created_by: "admin".into(),
             state: RolloutState::Rolling,
             reason: None,
@@ -311,14 +337,11 @@ pub(crate) mod tests {
     /// An environment `name` with the server holding its key.
     pub(crate) fn env(name: &str, current: Vec<ReleaseInfo>) -> EnvironmentInfo {
         EnvironmentInfo {
-            name: name.into(),
+            name: name.parse().unwrap(),
             upstream: None,
-            promote_min_confirmed: 1,
-            failure_threshold: 0.2,
-            stages: vec![5, 25, 100],
-            advance_ratio: 0.9,
-            release_public_key: String::new(),
-            release_key_id: String::new(),
+            rollout: RolloutSettings { stages: vec![5, 25, 100], ..RolloutSettings::default() },
+            release_public_key: PublicKey([0; 32]),
+            release_key_id: KeyId([0; 8]),
             server_holds_key: true,
             next_sequence: 1,
             devices: 0,
@@ -328,12 +351,10 @@ pub(crate) mod tests {
 
     #[test]
     fn times_and_ids_shorten() {
-        assert_eq!(short_time("2026-05-01T12:00:00.123Z"), "2026-05-01 12:00:00Z");
-        assert_eq!(short_time("2026-05-01T12:00:00Z"), "2026-05-01 12:00:00Z");
-        assert_eq!(short_time("yesterday"), "yesterday");
-        assert_eq!(short_time("2026-05-01 12:00:00.000Z"), "2026-05-01 12:00:00.000Z");
-        assert_eq!(short_id(ID), "3f2a9c0d1e2b");
-        assert_eq!(short_id("abc"), "abc");
+        assert_eq!(short_time(at("2026-05-01T12:00:00.123Z")), "2026-05-01 12:00:00Z");
+        assert_eq!(short_time(at("2026-05-01T12:00:00Z")), "2026-05-01 12:00:00Z");
+        assert_eq!(short_time(Timestamp(0)), "1970-01-01 00:00:00Z");
+        assert_eq!(short_id(&id()), "3f2a9c0d1e2b");
     }
 
     #[test]
@@ -387,9 +408,9 @@ pub(crate) mod tests {
     #[test]
     fn device_rows() {
         let mut d = DeviceInfo {
-            id: "dev-001".into(),
-            board: "microbit".into(),
-            environment: "dev".into(),
+            id: "dev-001".parse().unwrap(),
+            board: "microbit".parse().unwrap(),
+            environment: "dev".parse().unwrap(),
             state: DeviceState::Unseen,
             running: None,
             confirmed: false,
@@ -398,12 +419,12 @@ pub(crate) mod tests {
             last_outcome: None,
             release_sequence: None,
             bucket: 17,
-            enrolled_at: "2026-05-01T12:00:00.000Z".into(),
+            enrolled_at: at("2026-05-01T12:00:00.000Z"),
             last_seen: None,
         };
         assert_eq!(device_row(&d)[4..], ["-", "-", "never"]);
-        d.running = Some(ID.into());
-        d.last_seen = Some("2026-05-02T08:30:00.250Z".into());
+        d.running = Some(id());
+        d.last_seen = Some(at("2026-05-02T08:30:00.250Z"));
         assert_eq!(device_row(&d)[4..], ["3f2a9c0d1e2b", "trial", "2026-05-02 08:30:00Z"]);
         d.confirmed = true;
         assert_eq!(device_row(&d)[5], "yes");
@@ -413,6 +434,7 @@ pub(crate) mod tests {
         let detail = DeviceDetail { device: d, events: vec![] };
         let text = device_detail(&detail);
         assert!(text.contains(&format!("\nrunning           {ID}\n")), "{text}");
+        assert!(text.contains("\nslot B            -\n"), "{text}");
         assert!(text.ends_with("\nno events\n"), "{text}");
     }
 }

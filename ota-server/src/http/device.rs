@@ -1,60 +1,85 @@
-//! The device API under `/api/v1/device` (device token: one device, these routes only).
+//! The device API under `/api/v1/device` (a device token: one device, these routes only).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::Router;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use ota_proto::{CheckIn, NewEvent};
 
-use super::{JsonBody, bearer, range};
-use crate::api;
-use crate::service::{Failure, Service};
-use crate::store::Store;
+use super::auth::Device;
+use super::{App, JsonBody, PathParams, range};
+use crate::error::Failure;
+use crate::metrics::Metrics;
+use crate::service::{Download, Service};
+use crate::store::ImageId;
 
-type App<S> = State<Arc<Service<S>>>;
-
-pub(super) fn routes<S: Store>() -> Router<Arc<Service<S>>> {
+pub(super) fn routes() -> Router<Arc<Service>> {
     Router::new()
-        .route("/checkin", post(checkin::<S>))
-        .route("/events", post(event::<S>))
-        .route("/images/{id}", get(image::<S>))
+        .route("/checkin", post(checkin))
+        .route("/events", post(event))
+        .route("/images/{id}", get(image))
 }
 
-async fn checkin<S: Store>(
-    State(app): App<S>,
-    headers: HeaderMap,
-    JsonBody(report): JsonBody<api::CheckIn>,
+async fn checkin(
+    State(app): App,
+    Device(device): Device,
+    JsonBody(report): JsonBody<CheckIn>,
 ) -> Result<Response, Failure> {
-    let device = app.authenticate_device(bearer(&headers))?;
     Ok(axum::Json(app.checkin(device, report).await?).into_response())
 }
 
-async fn event<S: Store>(
-    State(app): App<S>,
-    headers: HeaderMap,
-    JsonBody(event): JsonBody<api::NewEvent>,
+async fn event(
+    State(app): App,
+    Device(device): Device,
+    JsonBody(event): JsonBody<NewEvent>,
 ) -> Result<Response, Failure> {
-    let device = app.authenticate_device(bearer(&headers))?;
     app.device_event(device, event).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn image<S: Store>(
-    State(app): App<S>,
-    method: axum::http::Method,
+async fn image(
+    State(app): App,
+    Device(device): Device,
+    method: Method,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<ImageId>,
 ) -> Result<Response, Failure> {
-    let device = app.authenticate_device(bearer(&headers))?;
-    let file = app.device_image(device, &id)?;
-    let (response, sent) = range::serve(&headers, file, &format!("\"{id}\""));
-    // HEAD answers send no bytes.
-    if sent > 0 && method != axum::http::Method::HEAD {
-        app.metrics.downloads.fetch_add(1, Ordering::Relaxed);
-        app.metrics.download_bytes.fetch_add(sent, Ordering::Relaxed);
+    match app.device_image(device, id).await? {
+        Download::File(file) => Ok(serve_file(&app, &method, &headers, file, id)),
+        Download::Redirect(url) => {
+            Metrics::count(&app.metrics.redirects);
+            let location = axum::http::HeaderValue::from_str(&url).map_err(Failure::internal)?;
+            Ok((
+                StatusCode::TEMPORARY_REDIRECT,
+                [
+                    (axum::http::header::LOCATION, location),
+                    (
+                        axum::http::header::CACHE_CONTROL,
+                        axum::http::HeaderValue::from_static("no-store"),
+                    ),
+                ],
+            )
+                .into_response())
+        }
     }
-    Ok(response)
+}
+
+/// Answers a GET or HEAD of an image file (with `Range`), counting what is sent.
+pub(super) fn serve_file(
+    app: &Service,
+    method: &Method,
+    headers: &HeaderMap,
+    file: bytes::Bytes,
+    id: ImageId,
+) -> Response {
+    let (response, sent) = range::serve(headers, file, &format!("\"{id}\""));
+    // HEAD answers send no bytes.
+    if sent > 0 && method != Method::HEAD {
+        Metrics::count(&app.metrics.downloads);
+        app.metrics.download_bytes.fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
+    }
+    response
 }

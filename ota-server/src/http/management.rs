@@ -1,56 +1,59 @@
-//! The management API under `/api/v1` (bearer token with a role).
+//! The management API under `/api/v1` (a bearer token with a role).
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
+use ota_proto::{
+    BoardName, DeviceFilter, DeviceId, EnvironmentName, ImageId, NewBuildKey, NewDevice,
+    NewDevices, NewEnvironment, NewRelease, NewToken, Role, RollbackRequest, TokenId,
+};
 use serde::Deserialize;
 
-use super::{JsonBody, bearer, query, range, read_body, require_content_type};
-use crate::api::{self, Role};
-use crate::service::{Actor, DeviceFilter, Failure, FailureKind, Service};
-use crate::store::Store;
+use super::auth::Management;
+use super::device::serve_file;
+use super::{App, JsonBody, PathParams, QueryParams, read_body, require_content_type};
+use crate::error::Failure;
+use crate::service::Service;
 
-type App<S> = State<Arc<Service<S>>>;
 type Answer = Result<Response, Failure>;
 
 /// The OpenAPI description of this API.
 const OPENAPI: &str = include_str!("../../../docs/openapi.json");
 
-pub(super) fn routes<S: Store>() -> Router<Arc<Service<S>>> {
+/// Largest batch enrollment body: 200,000 devices of about 100 bytes each.
+const MAX_BATCH_BODY: usize = 32 << 20;
+
+pub(super) fn routes() -> Router<Arc<Service>> {
     Router::new()
         .route("/openapi.json", get(openapi))
-        .route("/images", get(images::<S>).post(upload::<S>))
-        .route("/images/{id}", get(image::<S>))
-        .route("/images/{id}/file", get(image_file::<S>))
-        .route("/build-keys", get(build_keys::<S>).post(add_build_key::<S>))
-        .route("/environments", get(environments::<S>).post(create_environment::<S>))
-        .route("/environments/{env}", get(environment::<S>).patch(update_environment::<S>))
-        .route("/environments/{env}/releases", get(releases::<S>).post(create_release::<S>))
-        .route("/environments/{env}/releases/{seq}", get(release::<S>))
-        .route("/environments/{env}/releases/{seq}/pause", post(pause::<S>))
-        .route("/environments/{env}/releases/{seq}/resume", post(resume::<S>))
-        .route("/environments/{env}/rollback", get(rollback_target::<S>).post(rollback::<S>))
-        .route("/devices", get(devices::<S>).post(create_device::<S>))
-        .route("/devices/{id}", get(device::<S>))
-        .route("/devices/{id}/token", post(rotate_device_token::<S>))
-        .route("/tokens", get(tokens::<S>).post(create_token::<S>))
-        .route("/tokens/{id}", delete(revoke_token::<S>))
-        .route("/audit", get(audit::<S>))
+        .route("/images", get(images).post(upload))
+        .route("/images/{id}", get(image))
+        .route("/images/{id}/file", get(image_file))
+        .route("/build-keys", get(build_keys).post(add_build_key))
+        .route("/environments", get(environments).post(create_environment))
+        .route("/environments/{env}", get(environment).patch(update_environment))
+        .route("/environments/{env}/releases", get(releases).post(create_release))
+        .route("/environments/{env}/releases/{seq}", get(release))
+        .route("/environments/{env}/releases/{seq}/pause", post(pause))
+        .route("/environments/{env}/releases/{seq}/resume", post(resume))
+        .route("/environments/{env}/rollback", get(rollback_target).post(rollback))
+        .route("/devices", get(devices).post(create_device))
+        .route("/devices/batch", post(create_devices))
+        .route("/devices/{id}", get(device))
+        .route("/devices/{id}/token", post(rotate_device_token))
+        .route("/tokens", get(tokens).post(create_token))
+        .route("/tokens/{id}", delete(revoke_token))
+        .route("/audit", get(audit))
 }
 
 async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], OPENAPI)
         .into_response()
-}
-
-/// Authenticates; every management route is at least a read, which every role may do.
-async fn actor<S: Store>(app: &Service<S>, headers: &HeaderMap) -> Result<Actor, Failure> {
-    app.authenticate(bearer(headers)).await
 }
 
 fn ok<T: serde::Serialize>(value: T) -> Answer {
@@ -61,27 +64,19 @@ fn created<T: serde::Serialize>(value: T) -> Answer {
     Ok((StatusCode::CREATED, axum::Json(value)).into_response())
 }
 
-fn sequence(text: &str) -> Result<u64, Failure> {
-    text.parse().map_err(|_| {
-        Failure::new(
-            FailureKind::BadRequest,
-            "bad_sequence",
-            format!("{text:?} is not a release sequence number"),
-        )
-    })
-}
-
-async fn images<S: Store>(State(app): App<S>, headers: HeaderMap) -> Answer {
-    actor(&app, &headers).await?;
+async fn images(State(app): App, _: Management) -> Answer {
     ok(app.images())
 }
 
-async fn upload<S: Store>(State(app): App<S>, headers: HeaderMap, body: Body) -> Answer {
-    let who = actor(&app, &headers).await?;
+async fn upload(
+    State(app): App,
+    Management(who): Management,
+    headers: HeaderMap,
+    body: Body,
+) -> Answer {
     // Refuse before reading a possibly large body.
     if !matches!(who.role, Role::Admin | Role::Ci) {
-        let message = format!("role {} may not upload images", who.role.as_str());
-        return Err(Failure::new(FailureKind::Forbidden, "forbidden", message));
+        return Err(Failure::forbidden(format!("role {} may not upload images", who.role)));
     }
     require_content_type(&headers, "application/octet-stream")?;
     let file = read_body(&headers, body, app.limits.max_image_size).await?;
@@ -89,211 +84,180 @@ async fn upload<S: Store>(State(app): App<S>, headers: HeaderMap, body: Body) ->
     if new { created(info) } else { ok(info) }
 }
 
-async fn image<S: Store>(State(app): App<S>, headers: HeaderMap, Path(id): Path<String>) -> Answer {
-    actor(&app, &headers).await?;
-    ok(app.image(&id)?)
+async fn image(State(app): App, _: Management, PathParams(id): PathParams<ImageId>) -> Answer {
+    ok(app.image(id)?)
 }
 
-async fn image_file<S: Store>(
-    State(app): App<S>,
-    method: axum::http::Method,
+async fn image_file(
+    State(app): App,
+    _: Management,
+    method: Method,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<ImageId>,
 ) -> Answer {
-    actor(&app, &headers).await?;
-    let file = app.image_file(&id)?;
-    let (response, sent) = range::serve(&headers, file, &format!("\"{id}\""));
-    if sent > 0 && method != axum::http::Method::HEAD {
-        app.metrics.downloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        app.metrics.download_bytes.fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
-    }
-    Ok(response)
+    let file = app.image_file(id).await?;
+    Ok(serve_file(&app, &method, &headers, file, id))
 }
 
-async fn build_keys<S: Store>(State(app): App<S>, headers: HeaderMap) -> Answer {
-    actor(&app, &headers).await?;
+async fn build_keys(State(app): App, _: Management) -> Answer {
     ok(app.build_keys())
 }
 
-async fn add_build_key<S: Store>(
-    State(app): App<S>,
-    headers: HeaderMap,
-    JsonBody(new): JsonBody<api::NewBuildKey>,
+async fn add_build_key(
+    State(app): App,
+    Management(who): Management,
+    JsonBody(new): JsonBody<NewBuildKey>,
 ) -> Answer {
-    let who = actor(&app, &headers).await?;
     created(app.add_build_key(&who, new).await?)
 }
 
-async fn environments<S: Store>(State(app): App<S>, headers: HeaderMap) -> Answer {
-    actor(&app, &headers).await?;
+async fn environments(State(app): App, _: Management) -> Answer {
     ok(app.environments())
 }
 
-async fn create_environment<S: Store>(
-    State(app): App<S>,
-    headers: HeaderMap,
-    JsonBody(new): JsonBody<api::NewEnvironment>,
+async fn create_environment(
+    State(app): App,
+    Management(who): Management,
+    JsonBody(new): JsonBody<NewEnvironment>,
 ) -> Answer {
-    let who = actor(&app, &headers).await?;
     created(app.create_environment(&who, new).await?)
 }
 
-async fn environment<S: Store>(
-    State(app): App<S>,
-    headers: HeaderMap,
-    Path(env): Path<String>,
+async fn environment(
+    State(app): App,
+    _: Management,
+    PathParams(env): PathParams<EnvironmentName>,
 ) -> Answer {
-    actor(&app, &headers).await?;
-    ok(app.environment(&env)?)
+    ok(app.environment(env.as_str())?)
 }
 
-async fn update_environment<S: Store>(
-    State(app): App<S>,
-    headers: HeaderMap,
-    Path(env): Path<String>,
-    JsonBody(update): JsonBody<api::EnvironmentUpdate>,
+async fn update_environment(
+    State(app): App,
+    Management(who): Management,
+    PathParams(env): PathParams<EnvironmentName>,
+    JsonBody(changes): JsonBody<serde_json::Map<String, serde_json::Value>>,
 ) -> Answer {
-    let who = actor(&app, &headers).await?;
-    ok(app.update_environment(&who, &env, update).await?)
+    ok(app.update_environment(&who, &env, changes).await?)
 }
 
-async fn releases<S: Store>(
-    State(app): App<S>,
-    headers: HeaderMap,
-    Path(env): Path<String>,
+async fn releases(
+    State(app): App,
+    _: Management,
+    PathParams(env): PathParams<EnvironmentName>,
 ) -> Answer {
-    actor(&app, &headers).await?;
-    ok(app.releases(&env)?)
+    ok(app.releases(env.as_str())?)
 }
 
-async fn create_release<S: Store>(
-    State(app): App<S>,
-    headers: HeaderMap,
-    Path(env): Path<String>,
-    JsonBody(new): JsonBody<api::NewRelease>,
+async fn create_release(
+    State(app): App,
+    Management(who): Management,
+    PathParams(env): PathParams<EnvironmentName>,
+    JsonBody(new): JsonBody<NewRelease>,
 ) -> Answer {
-    let who = actor(&app, &headers).await?;
     created(app.create_release(&who, &env, new).await?)
 }
 
-async fn release<S: Store>(
-    State(app): App<S>,
-    headers: HeaderMap,
-    Path((env, seq)): Path<(String, String)>,
+async fn release(
+    State(app): App,
+    _: Management,
+    PathParams((env, seq)): PathParams<(EnvironmentName, u64)>,
 ) -> Answer {
-    actor(&app, &headers).await?;
-    ok(app.release(&env, sequence(&seq)?)?)
+    ok(app.release(env.as_str(), seq)?)
 }
 
-async fn pause<S: Store>(
-    State(app): App<S>,
-    headers: HeaderMap,
-    Path((env, seq)): Path<(String, String)>,
+async fn pause(
+    State(app): App,
+    Management(who): Management,
+    PathParams((env, seq)): PathParams<(EnvironmentName, u64)>,
 ) -> Answer {
-    let who = actor(&app, &headers).await?;
-    ok(app.set_paused(&who, &env, sequence(&seq)?, true).await?)
+    ok(app.set_paused(&who, &env, seq, true).await?)
 }
 
-async fn resume<S: Store>(
-    State(app): App<S>,
-    headers: HeaderMap,
-    Path((env, seq)): Path<(String, String)>,
+async fn resume(
+    State(app): App,
+    Management(who): Management,
+    PathParams((env, seq)): PathParams<(EnvironmentName, u64)>,
 ) -> Answer {
-    let who = actor(&app, &headers).await?;
-    ok(app.set_paused(&who, &env, sequence(&seq)?, false).await?)
+    ok(app.set_paused(&who, &env, seq, false).await?)
 }
 
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BoardQuery {
-    board: Option<String>,
+    board: Option<BoardName>,
 }
 
-async fn rollback_target<S: Store>(
-    State(app): App<S>,
-    headers: HeaderMap,
-    Path(env): Path<String>,
-    RawQuery(raw): RawQuery,
+async fn rollback_target(
+    State(app): App,
+    _: Management,
+    PathParams(env): PathParams<EnvironmentName>,
+    QueryParams(q): QueryParams<BoardQuery>,
 ) -> Answer {
-    actor(&app, &headers).await?;
-    let q: BoardQuery = query(raw.as_deref())?;
-    ok(app.rollback_target(&env, q.board.as_deref())?)
+    ok(app.rollback_target(env.as_str(), q.board.as_ref())?)
 }
 
-async fn rollback<S: Store>(
-    State(app): App<S>,
-    headers: HeaderMap,
-    Path(env): Path<String>,
-    JsonBody(req): JsonBody<api::RollbackRequest>,
+async fn rollback(
+    State(app): App,
+    Management(who): Management,
+    PathParams(env): PathParams<EnvironmentName>,
+    JsonBody(req): JsonBody<RollbackRequest>,
 ) -> Answer {
-    let who = actor(&app, &headers).await?;
     created(app.rollback(&who, &env, req).await?)
 }
 
-async fn devices<S: Store>(
-    State(app): App<S>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
+async fn devices(
+    State(app): App,
+    _: Management,
+    QueryParams(filter): QueryParams<DeviceFilter>,
 ) -> Answer {
-    actor(&app, &headers).await?;
-    let filter: DeviceFilter = query(raw.as_deref())?;
-    ok(app.devices(&filter)?)
+    ok(app.devices(&filter))
 }
 
-async fn create_device<S: Store>(
-    State(app): App<S>,
-    headers: HeaderMap,
-    JsonBody(new): JsonBody<api::NewDevice>,
+async fn create_device(
+    State(app): App,
+    Management(who): Management,
+    JsonBody(new): JsonBody<NewDevice>,
 ) -> Answer {
-    let who = actor(&app, &headers).await?;
     created(app.create_device(&who, new).await?)
 }
 
-async fn device<S: Store>(
-    State(app): App<S>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
+async fn create_devices(
+    State(app): App,
+    Management(who): Management,
+    JsonBody(batch): JsonBody<NewDevices, MAX_BATCH_BODY>,
 ) -> Answer {
-    actor(&app, &headers).await?;
+    created(app.create_devices(&who, batch).await?)
+}
+
+async fn device(State(app): App, _: Management, PathParams(id): PathParams<DeviceId>) -> Answer {
     ok(app.device(&id).await?)
 }
 
-async fn rotate_device_token<S: Store>(
-    State(app): App<S>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
+async fn rotate_device_token(
+    State(app): App,
+    Management(who): Management,
+    PathParams(id): PathParams<DeviceId>,
 ) -> Answer {
-    let who = actor(&app, &headers).await?;
     ok(app.rotate_device_token(&who, &id).await?)
 }
 
-async fn tokens<S: Store>(State(app): App<S>, headers: HeaderMap) -> Answer {
-    let who = actor(&app, &headers).await?;
-    if who.role != Role::Admin {
-        return Err(Failure::new(
-            FailureKind::Forbidden,
-            "forbidden",
-            "only admin tokens list tokens",
-        ));
-    }
-    ok(app.tokens().await?)
+async fn tokens(State(app): App, Management(who): Management) -> Answer {
+    ok(app.tokens(&who).await?)
 }
 
-async fn create_token<S: Store>(
-    State(app): App<S>,
-    headers: HeaderMap,
-    JsonBody(new): JsonBody<api::NewToken>,
+async fn create_token(
+    State(app): App,
+    Management(who): Management,
+    JsonBody(new): JsonBody<NewToken>,
 ) -> Answer {
-    let who = actor(&app, &headers).await?;
     created(app.create_token(&who, new).await?)
 }
 
-async fn revoke_token<S: Store>(
-    State(app): App<S>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
+async fn revoke_token(
+    State(app): App,
+    Management(who): Management,
+    PathParams(id): PathParams<TokenId>,
 ) -> Answer {
-    let who = actor(&app, &headers).await?;
     ok(app.revoke_token(&who, &id).await?)
 }
 
@@ -304,12 +268,6 @@ struct AuditQuery {
     before: Option<i64>,
 }
 
-async fn audit<S: Store>(
-    State(app): App<S>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-) -> Answer {
-    actor(&app, &headers).await?;
-    let q: AuditQuery = query(raw.as_deref())?;
+async fn audit(State(app): App, _: Management, QueryParams(q): QueryParams<AuditQuery>) -> Answer {
     ok(app.audit(q.before, q.limit.unwrap_or(100)).await?)
 }

@@ -1,6 +1,7 @@
-//! The HTTP layer: routes, authentication, bounded JSON and binary bodies, JSON errors.
-//! Handlers are thin: parse, call [`crate::service::Service`], answer.
+//! The HTTP layer: routes, authentication (as extractors), bounded JSON and binary bodies,
+//! JSON errors. Handlers are thin: parse, call [`crate::service::Service`], answer.
 
+mod auth;
 mod device;
 mod management;
 mod range;
@@ -15,9 +16,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::de::DeserializeOwned;
 
-use crate::api::{ErrorBody, ErrorDetail};
-use crate::service::{Failure, FailureKind, Service};
-use crate::store::Store;
+use ota_proto::{ErrorBody, ErrorDetail};
+
+use crate::error::{Failure, FailureKind};
+use crate::service::Service;
 
 /// Largest JSON body accepted, bytes.
 pub const MAX_JSON_BODY: usize = 64 * 1024;
@@ -25,13 +27,17 @@ pub const MAX_JSON_BODY: usize = 64 * 1024;
 /// Most bytes of an oversized body read (and dropped) before answering 413.
 const DRAIN_LIMIT: usize = 64 << 20;
 
+/// The application's state: the service, shared by every request.
+pub type App = axum::extract::State<Arc<Service>>;
+
 /// The whole application.
-pub fn router<S: Store>(app: Arc<Service<S>>) -> Router {
+pub fn router(app: Arc<Service>) -> Router {
     Router::new()
-        .nest("/api/v1/device", device::routes::<S>())
-        .nest("/api/v1", management::routes::<S>())
+        .nest("/api/v1/device", device::routes())
+        .nest("/api/v1", management::routes())
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(metrics::<S>))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
         .fallback(|| async {
             Failure::new(
                 FailureKind::NotFound,
@@ -49,9 +55,14 @@ pub fn router<S: Store>(app: Arc<Service<S>>) -> Router {
         .with_state(app)
 }
 
-async fn metrics<S: Store>(
-    axum::extract::State(app): axum::extract::State<Arc<Service<S>>>,
-) -> Response {
+/// Ready to serve: the database answers and the model is current. A load balancer takes a
+/// replica that says otherwise out of rotation.
+async fn ready(axum::extract::State(app): App) -> Result<&'static str, Failure> {
+    app.ready().await?;
+    Ok("ready\n")
+}
+
+async fn metrics(axum::extract::State(app): App) -> Response {
     (
         [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))],
         app.render_metrics(),
@@ -68,6 +79,7 @@ fn status(kind: FailureKind) -> StatusCode {
         FailureKind::Conflict => StatusCode::CONFLICT,
         FailureKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         FailureKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        FailureKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         FailureKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -145,20 +157,57 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<byte
     })
 }
 
-/// A JSON body: `Content-Type: application/json`, at most [`MAX_JSON_BODY`] bytes, parsed
-/// strictly (unknown fields refused), every refusal a JSON error.
-pub struct JsonBody<T>(pub T);
+/// A JSON body: `Content-Type: application/json`, at most `LIMIT` bytes, parsed strictly
+/// (unknown fields refused, ids and names checked by their types), every refusal a JSON error.
+pub struct JsonBody<T, const LIMIT: usize = MAX_JSON_BODY>(pub T);
 
-impl<T: DeserializeOwned, St: Send + Sync> FromRequest<St> for JsonBody<T> {
+impl<T: DeserializeOwned, St: Send + Sync, const LIMIT: usize> FromRequest<St>
+    for JsonBody<T, LIMIT>
+{
     type Rejection = Failure;
 
     async fn from_request(req: Request, _: &St) -> Result<Self, Failure> {
         let (parts, body) = req.into_parts();
         require_content_type(&parts.headers, "application/json")?;
-        let bytes = read_body(&parts.headers, body, MAX_JSON_BODY).await?;
+        let bytes = read_body(&parts.headers, body, LIMIT).await?;
         serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
             Failure::new(FailureKind::BadRequest, "bad_json", format!("request body: {e}"))
         })
+    }
+}
+
+/// A path's parameters, typed: a bad id or name is a JSON error naming the rule it breaks.
+pub struct PathParams<T>(pub T);
+
+impl<T: DeserializeOwned + Send, St: Send + Sync> axum::extract::FromRequestParts<St>
+    for PathParams<T>
+{
+    type Rejection = Failure;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &St,
+    ) -> Result<Self, Failure> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(PathParams(value)),
+            Err(e) => Err(Failure::bad("bad_path", e.body_text())),
+        }
+    }
+}
+
+/// A query string, typed and strict.
+pub struct QueryParams<T>(pub T);
+
+impl<T: DeserializeOwned + Default, St: Send + Sync> axum::extract::FromRequestParts<St>
+    for QueryParams<T>
+{
+    type Rejection = Failure;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &St,
+    ) -> Result<Self, Failure> {
+        query(parts.uri.query()).map(QueryParams)
     }
 }
 

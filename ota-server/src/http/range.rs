@@ -74,8 +74,8 @@ pub fn serve(headers: &HeaderMap, file: Bytes, etag: &str) -> (Response, u64) {
             (r, end - start + 1)
         }
         Err(()) => {
-            let mut r = crate::service::Failure::new(
-                crate::service::FailureKind::BadRequest,
+            let mut r = crate::error::Failure::new(
+                crate::error::FailureKind::BadRequest,
                 "range_not_satisfiable",
                 format!("the file has {len} bytes; the requested range starts outside it"),
             )

@@ -1,306 +1,264 @@
-//! Persistence: what the server keeps across restarts, behind the [`Store`] trait.
+//! Persistence: what the server keeps across restarts, behind the [`Store`] trait, chosen at run
+//! time by its URL (`sqlite://PATH`, the embedded default, or `postgres://...`).
 //!
-//! The server decides everything on its in-memory [`crate::fleet::Fleet`], loaded from the
-//! store at start; every change is a list of [`Mutation`]s committed in one transaction before
-//! it is acknowledged (see [`writer`], which groups concurrent commits into one). The trait is
-//! deliberately small — load, commit, and the two histories that are too long to keep in
-//! memory — so that a PostgreSQL implementation (several replicas) is a second file, not a
-//! redesign. [`sqlite::SqliteStore`] is the embedded default.
+//! The server decides on its in-memory model ([`crate::fleet::Fleet`]). Every change is a list
+//! of typed [`Mutation`]s, a *batch*, committed all-or-nothing before it is acknowledged and
+//! applied to the model; only this module's SQL encodes them. Batches from concurrent requests
+//! are committed together, one transaction for many (see [`crate::journal`]).
+//!
+//! Some mutations carry a *precondition* that the database checks as it writes (a release
+//! sequence must be the next one, a rollout must still be where the deciding replica saw it,
+//! an id must be new). A batch whose precondition fails is left out of the transaction alone
+//! and reported as a [`Conflict`]: the decisions that must happen once happen once, whichever
+//! of several replicas races for them.
+//!
+//! On a store shared by several replicas (PostgreSQL), each transaction also appends its
+//! batches to a change log, numbered without gaps in commit order, so every replica applies the
+//! same changes in the same order to its model (see [`Store::changes`]).
 
+pub mod copy;
+pub mod postgres;
+mod rows;
+mod sql;
 pub mod sqlite;
-pub mod writer;
 
-use std::future::Future;
+use std::sync::Arc;
 
-/// A stored image.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ImageRow {
-    /// Image id, hex.
-    pub id: String,
-    /// SHA-256 of the file, hex (its blob's name).
-    pub file_sha256: String,
-    /// Board.
-    pub board: String,
-    /// Version.
-    pub version: String,
-    /// Security counter.
-    pub security_counter: u32,
-    /// File size.
-    pub size: u64,
-    /// The file's [`firmware::image::ImageSummary`] as JSON.
-    pub summary: String,
-    /// Upload time, Unix ms.
-    pub uploaded_at: i64,
-    /// Uploading token's name.
-    pub uploaded_by: String,
+pub use rows::*;
+
+/// A storage failure (the database, not the request, is at fault).
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("storage: {message}")]
+pub struct StoreError {
+    message: String,
+    unreachable: bool,
 }
 
-/// An environment.
-#[derive(Clone, Debug, PartialEq)]
-pub struct EnvironmentRow {
-    /// Name.
-    pub name: String,
-    /// Upstream environment.
-    pub upstream: Option<String>,
-    /// Confirmations needed upstream.
-    pub promote_min_confirmed: u32,
-    /// Failure ratio above which rollouts halt.
-    pub failure_threshold: f64,
-    /// Cumulative stage percentages.
-    pub stages: Vec<u8>,
-    /// Share of a stage that must confirm.
-    pub advance_ratio: f64,
-    /// Release public key.
-    pub public_key: [u8; 32],
-    /// Release private key seed, where the server holds it.
-    pub private_key: Option<[u8; 32]>,
-    /// Creation order (environments list in this order).
-    pub position: i64,
-}
+impl StoreError {
+    /// A failure of the store's contents or of its use (a fault: requests answer 500).
+    pub fn new(message: impl Into<String>) -> Self {
+        StoreError { message: message.into(), unreachable: false }
+    }
 
-/// A release of an image to an environment.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ReleaseRow {
-    /// Environment.
-    pub environment: String,
-    /// Sequence (per environment).
-    pub sequence: u64,
-    /// Image id, hex.
-    pub image_id: String,
-    /// The image's board.
-    pub board: String,
-    /// `release` or `rollback`.
-    pub kind: String,
-    /// The signed statement.
-    pub statement: Vec<u8>,
-    /// Creation time, Unix ms.
-    pub created_at: i64,
-    /// Creating token's name.
-    pub created_by: String,
-    /// Rollout state name.
-    pub state: String,
-    /// Current stage index.
-    pub stage: u32,
-    /// Why it halted or paused.
-    pub reason: Option<String>,
-    /// Whether it ever halted by itself (the promotion gate remembers it after a rollback).
-    pub halted: bool,
-}
-
-/// An enrolled device and what it last reported.
-#[derive(Clone, Debug, PartialEq)]
-pub struct DeviceRow {
-    /// Device id.
-    pub id: String,
-    /// Board.
-    pub board: String,
-    /// Environment.
-    pub environment: String,
-    /// SHA-256 of its token.
-    pub token_hash: [u8; 32],
-    /// Enrollment time, Unix ms.
-    pub enrolled_at: i64,
-    /// Last check-in, Unix ms.
-    pub last_seen: Option<i64>,
-    /// Image in slot A, hex.
-    pub running: Option<String>,
-    /// Whether it is confirmed.
-    pub confirmed: bool,
-    /// Last image it reverted or refused, hex.
-    pub failed_image: Option<String>,
-    /// Slot B as reported, JSON of [`crate::api::SlotBReport`].
-    pub slot_b: Option<String>,
-    /// Last outcome as reported.
-    pub last_outcome: Option<String>,
-    /// Last release sequence applied, as reported.
-    pub release_sequence: Option<u64>,
-}
-
-impl DeviceRow {
-    /// A device just enrolled: nothing reported yet.
-    pub fn enrolled(
-        id: &str,
-        board: &str,
-        environment: &str,
-        token_hash: [u8; 32],
-        enrolled_at: i64,
-    ) -> Self {
-        DeviceRow {
-            id: id.to_owned(),
-            board: board.to_owned(),
-            environment: environment.to_owned(),
-            token_hash,
-            enrolled_at,
-            last_seen: None,
-            running: None,
-            confirmed: false,
-            failed_image: None,
-            slot_b: None,
-            last_outcome: None,
-            release_sequence: None,
-        }
+    /// The database could not be reached (down, restarting, unreachable): requests answer
+    /// 503 and may be tried again; nothing was changed.
+    pub fn unreachable(&self) -> bool {
+        self.unreachable
     }
 }
 
-/// A management token.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TokenRow {
-    /// Id (public, for listing and revoking).
-    pub id: String,
-    /// SHA-256 of the secret.
-    pub hash: [u8; 32],
-    /// Role name.
-    pub role: String,
-    /// Name.
-    pub name: String,
-    /// Creation time, Unix ms.
-    pub created_at: i64,
-    /// Revoked tokens stay listed but authenticate nothing.
-    pub revoked: bool,
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        let unreachable = is_unreachable(&e);
+        StoreError { message: e.to_string(), unreachable }
+    }
 }
 
-/// A trusted build key.
-#[derive(Clone, Debug, PartialEq)]
-pub struct BuildKeyRow {
-    /// The public key.
-    pub public_key: [u8; 32],
-    /// A name.
-    pub name: String,
+/// Whether `e` says the database is out of reach (rather than that a statement failed):
+/// connection and pool failures, and PostgreSQL's "admin shutdown" and "connection exception"
+/// classes (57P, 08).
+fn is_unreachable(e: &sqlx::Error) -> bool {
+    use sqlx::Error::*;
+    match e {
+        Io(_) | Tls(_) | PoolTimedOut | PoolClosed | WorkerCrashed => true,
+        Database(d) => d.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")),
+        _ => false,
+    }
 }
 
-/// A device event.
-#[derive(Clone, Debug, PartialEq)]
-pub struct EventRow {
-    /// Device id.
-    pub device: String,
-    /// Receive time, Unix ms.
-    pub at: i64,
-    /// Image id, hex.
-    pub image_id: String,
-    /// Kind name.
-    pub kind: String,
-    /// Device's detail text.
-    pub detail: Option<String>,
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        let unreachable = matches!(&e, sqlx::migrate::MigrateError::Execute(inner) if StoreError::from(clone_kind(inner)).unreachable);
+        StoreError { message: format!("migrating the schema: {e}"), unreachable }
+    }
 }
 
-/// An audit log entry (before it has a position).
-#[derive(Clone, Debug, PartialEq)]
-pub struct AuditRow {
-    /// Time, Unix ms.
-    pub at: i64,
-    /// Token name.
-    pub actor: String,
-    /// Role name.
-    pub role: String,
-    /// Action name.
-    pub action: String,
-    /// Target.
-    pub target: String,
-    /// JSON detail.
-    pub detail: String,
+/// Enough of an sqlx error to classify it (sqlx errors are not `Clone`).
+fn clone_kind(e: &sqlx::Error) -> sqlx::Error {
+    match e {
+        sqlx::Error::Io(io) => sqlx::Error::Io(std::io::Error::new(io.kind(), io.to_string())),
+        sqlx::Error::PoolTimedOut => sqlx::Error::PoolTimedOut,
+        sqlx::Error::PoolClosed => sqlx::Error::PoolClosed,
+        other => sqlx::Error::Protocol(other.to_string()),
+    }
 }
 
-/// An audit log entry as stored.
-#[derive(Clone, Debug, PartialEq)]
-pub struct AuditRecord {
-    /// Position in the log.
-    pub seq: i64,
-    /// The entry.
-    pub row: AuditRow,
-}
-
-/// One change. A commit applies a list of them atomically.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Mutation {
-    /// A new image (its blob is already durable).
-    InsertImage(ImageRow),
-    /// A new environment, or new settings for one.
-    PutEnvironment(EnvironmentRow),
-    /// A new release.
-    InsertRelease(ReleaseRow),
-    /// A release's rollout moved.
-    UpdateRollout {
-        /// Environment.
+/// Why the database refused a batch's precondition.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Conflict {
+    /// The thing to create exists already (an id, a name, a token hash).
+    #[error("{0} exists already")]
+    Exists(String),
+    /// Another release took the sequence number.
+    #[error("release sequence {sequence} of {environment} is no longer the next one")]
+    SequenceTaken {
+        /// The environment.
         environment: String,
-        /// Sequence.
+        /// The sequence the batch wanted.
         sequence: u64,
-        /// New state name.
-        state: String,
-        /// New stage.
-        stage: u32,
-        /// Reason.
-        reason: Option<String>,
-        /// A move the rollout engine made (`true`) rather than an operator: it applies only
-        /// while the rollout is still rolling or completed, so it never undoes a pause that
-        /// was committed in between.
-        automatic: bool,
     },
-    /// A new device, or its new report.
-    PutDevice(DeviceRow),
-    /// Last check-in times (written in batches; see [`crate::service`]).
-    Seen(Vec<(String, i64)>),
-    /// A device event.
-    InsertEvent(EventRow),
-    /// A new management token.
-    InsertToken(TokenRow),
-    /// A token revoked.
-    RevokeToken(String),
-    /// A trusted build key.
-    InsertBuildKey(BuildKeyRow),
-    /// An audit entry.
-    Audit(AuditRow),
+    /// The row changed since the decision was made (an environment's settings, say).
+    #[error("{0} changed meanwhile")]
+    Changed(String),
+    /// The rollout moved since the decision was made.
+    #[error("release {environment}/{sequence} changed meanwhile")]
+    Moved {
+        /// The environment.
+        environment: String,
+        /// The release.
+        sequence: u64,
+    },
 }
 
-/// Everything the in-memory model is built from.
-#[derive(Clone, Debug, Default)]
-pub struct Snapshot {
-    /// Images.
-    pub images: Vec<ImageRow>,
-    /// Environments, in creation order.
-    pub environments: Vec<EnvironmentRow>,
-    /// Releases, by environment and sequence.
-    pub releases: Vec<ReleaseRow>,
-    /// Devices.
-    pub devices: Vec<DeviceRow>,
-    /// Tokens.
-    pub tokens: Vec<TokenRow>,
-    /// Build keys.
-    pub build_keys: Vec<BuildKeyRow>,
-    /// Distinct (device, image id, kind) of the `confirmed`, `reverted` and `failed` events:
-    /// what the promotion gate counts.
-    pub outcomes: Vec<(String, String, String)>,
+/// What a commit did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    /// The change log position of this transaction (0 if nothing was written).
+    pub position: u64,
+    /// Per batch, in order: committed, or left out because of a conflict.
+    pub results: Vec<Result<(), Conflict>>,
 }
 
-/// A storage failure (the database, not the request, is at fault).
-#[derive(Debug, thiserror::Error)]
-#[error("storage: {0}")]
-pub struct StoreError(pub String);
+/// One transaction's batches as the change log holds them.
+#[derive(Clone, Debug)]
+pub struct Change {
+    /// Its position.
+    pub position: u64,
+    /// The batches it committed.
+    pub batches: Vec<Vec<Mutation>>,
+}
 
-/// Persistence for the server. Implementations commit a batch all-or-nothing and durably
-/// (acknowledged writes survive a `kill -9`).
+/// Persistence for the server, chosen at run time. Implementations commit each batch
+/// all-or-nothing and durably (acknowledged writes survive a `kill -9`).
+#[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Everything but the histories.
-    fn load(&self) -> impl Future<Output = Result<Snapshot, StoreError>> + Send;
-    /// Applies `batch` in one transaction.
-    fn commit(&self, batch: &[Mutation]) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// `sqlite` or `postgres`.
+    fn kind(&self) -> &'static str;
+
+    /// Whether other processes may commit to this store while we run (then the model follows
+    /// the change log).
+    fn shared(&self) -> bool;
+
+    /// Everything the in-memory model is built from, and the change log position it reflects.
+    async fn load(&self) -> Result<Snapshot, StoreError>;
+
+    /// Commits `batches` in one transaction (see [`Committed`]).
+    async fn commit(&self, batches: &[Vec<Mutation>]) -> Result<Committed, StoreError>;
+
+    /// What other processes committed after `position`, oldest first, at most `limit`
+    /// transactions; `None` if the log no longer holds all of them (reload the model).
+    async fn changes(&self, position: u64, limit: u32) -> Result<Option<Vec<Change>>, StoreError>;
+
+    /// The newest change log position.
+    async fn position(&self) -> Result<u64, StoreError>;
+
+    /// A channel that ticks when another process may have committed (PostgreSQL's
+    /// `LISTEN/NOTIFY`); `None` where no other process can.
+    fn notifications(&self) -> Option<tokio::sync::watch::Receiver<u64>>;
+
     /// Audit entries older than `before` (all if `None`), newest first, at most `limit`.
-    fn audit(
-        &self,
-        before: Option<i64>,
-        limit: u32,
-    ) -> impl Future<Output = Result<Vec<AuditRecord>, StoreError>> + Send;
+    async fn audit(&self, before: Option<i64>, limit: u32) -> Result<Vec<AuditRecord>, StoreError>;
+
     /// A device's events, newest first, at most `limit`.
-    fn events(
-        &self,
-        device: &str,
-        limit: u32,
-    ) -> impl Future<Output = Result<Vec<EventRow>, StoreError>> + Send;
+    async fn events(&self, device: &DeviceId, limit: u32) -> Result<Vec<EventRow>, StoreError>;
+
     /// Every management token (listing sees tokens made offline too).
-    fn tokens(&self) -> impl Future<Output = Result<Vec<TokenRow>, StoreError>> + Send;
-    /// A token by the hash of its secret: tokens made by `ota-server token create` while
-    /// the server runs are found here.
-    fn token(
-        &self,
-        hash: [u8; 32],
-    ) -> impl Future<Output = Result<Option<TokenRow>, StoreError>> + Send;
+    async fn tokens(&self) -> Result<Vec<TokenRow>, StoreError>;
+
+    /// A token by the hash of its secret: tokens made by `ota-server token create` while the
+    /// server runs are found here.
+    async fn token(&self, hash: [u8; 32]) -> Result<Option<TokenRow>, StoreError>;
+
+    /// Answers when the database is reachable.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Every row, histories included (for `ota-server copy-store`).
+    async fn dump(&self) -> Result<Dump, StoreError>;
+
+    /// Writes `dump` into this store, which must be empty, in one transaction.
+    async fn restore(&self, dump: &Dump) -> Result<(), StoreError>;
+
+    /// Closes the connections (SQLite checkpoints its write-ahead log).
+    async fn close(&self);
+}
+
+/// Where the database is, from its URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Database {
+    /// An SQLite file.
+    Sqlite(std::path::PathBuf),
+    /// A PostgreSQL server (the URL as given, password included).
+    Postgres(String),
+}
+
+impl Database {
+    /// Parses a database URL; `None` means the data folder's `ota.db`.
+    pub fn from_url(url: Option<&str>, data: &std::path::Path) -> Result<Database, String> {
+        let Some(url) = url.map(str::trim).filter(|u| !u.is_empty()) else {
+            return Ok(Database::Sqlite(data.join("ota.db")));
+        };
+        if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+            if path.is_empty() {
+                return Err(format!("database URL {url:?} names no file"));
+            }
+            return Ok(Database::Sqlite(path.into()));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Database::Postgres(url.to_owned()));
+        }
+        Err(format!(
+            "database URL {:?}: expected sqlite://PATH or postgres://USER@HOST:PORT/DATABASE",
+            redact(url)
+        ))
+    }
+
+    /// The URL without its password, for messages and logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Database::Sqlite(path) => format!("sqlite://{}", path.display()),
+            Database::Postgres(url) => redact(url),
+        }
+    }
+
+    /// Opens the store: the schema is migrated to this release's (creating the database
+    /// first if `create`).
+    pub async fn open(&self, create: bool) -> Result<Arc<dyn Store>, StoreError> {
+        Ok(match self {
+            Database::Sqlite(path) => Arc::new(sqlite::SqliteStore::open(path, create).await?),
+            Database::Postgres(url) => Arc::new(postgres::PgStore::open(url).await?),
+        })
+    }
+}
+
+/// `postgres://user:secret@host/db` as `postgres://user:***@host/db`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    // The last `@` ends the credentials (a password may hold one).
+    match rest.rsplit_once('@') {
+        Some((user, host)) if user.contains(':') => {
+            let name = user.split(':').next().unwrap_or("");
+            format!("{scheme}://{name}:***@{host}")
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_urls() {
+        let data = std::path::Path::new("/var/lib/ota");
+        assert_eq!(Database::from_url(None, data), Ok(Database::Sqlite(data.join("ota.db"))));
+        assert_eq!(
+            Database::from_url(Some("sqlite:///tmp/x.db"), data),
+            Ok(Database::Sqlite("/tmp/x.db".into()))
+        );
+        let pg = Database::from_url(Some("postgres://ota:pw@db:5432/ota"), data).unwrap();
+        assert_eq!(pg.describe(), "postgres://ota:***@db:5432/ota");
+        assert_eq!(redact("postgres://u:p@ss@h/db"), "postgres://u:***@h/db");
+        let err = Database::from_url(Some("mysql://root:pw@h/x"), data).unwrap_err();
+        assert!(err.contains("expected sqlite://PATH or postgres://") && !err.contains("pw"));
+    }
 }

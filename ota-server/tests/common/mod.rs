@@ -1,9 +1,14 @@
-//! A real `ota-server` process on loopback, images built from the real fixture binaries, and a
-//! small HTTP client for the tests.
+//! A real `ota-server` process on loopback, on either store (an SQLite file, or a database of
+//! a throwaway PostgreSQL cluster), images built from the real fixture binaries, and the
+//! project's client (`ota_proto::client`) for the tests' requests.
+//!
+//! Every test that is about the server's behaviour runs on both stores: write it as
+//! `fn name(backend: Backend)` and add `both_backends!(name);`, which makes the tests
+//! `name::sqlite` and `name::postgres`.
 
 #![allow(dead_code, missing_docs)]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -14,7 +19,9 @@ use firmware::image::{
     ComponentSource, EncodedImage, HeatshrinkParams, ImageSpec, ReleaseStatement, Role,
     SignedRelease, SlotLayout, Version, encode_image,
 };
+use ota_proto::client::{Blocking, Client};
 use serde_json::Value;
+use testkit::pg::Postgres;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ota-server");
 
@@ -75,12 +82,42 @@ pub fn sign_release(image_id: &str, env: &str, sequence: u64, key: &SigningKey) 
     hex::encode(SignedRelease::sign(&ReleaseStatement::new(id, env, sequence).unwrap(), key))
 }
 
+/// Which store a test's server runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// An SQLite file in the data folder (the embedded default).
+    Sqlite,
+    /// A fresh database on the test process's PostgreSQL cluster.
+    Postgres,
+}
+
+/// Runs the test function `$name(backend: Backend)` on both stores, as the tests
+/// `$name::sqlite` and `$name::postgres`.
+#[macro_export]
+macro_rules! both_backends {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn sqlite() {
+                super::$name($crate::common::Backend::Sqlite)
+            }
+            #[test]
+            fn postgres() {
+                super::$name($crate::common::Backend::Postgres)
+            }
+        }
+    };
+}
+
 pub struct Server {
-    pub dir: tempfile::TempDir,
+    /// The data folder's parent (shared by the replicas of one server).
+    pub dir: std::sync::Arc<tempfile::TempDir>,
     pub child: Option<Child>,
     pub url: String,
     pub admin: String,
-    agent: ureq::Agent,
+    /// The `--database` URL (PostgreSQL), if not the data folder's SQLite file.
+    pub database: Option<String>,
+    http: Option<Blocking>,
 }
 
 pub struct Reply {
@@ -111,25 +148,42 @@ impl Reply {
 }
 
 impl Server {
-    /// Inits a data folder (build key, prod key) and starts the server on it.
+    /// Inits a data folder (build key, prod key) on SQLite and starts the server on it.
     pub fn start() -> Server {
-        Server::start_with(&[])
+        Server::start_on(Backend::Sqlite)
     }
 
-    pub fn start_with(extra: &[&str]) -> Server {
+    /// Inits a data folder on `backend` and starts the server on it.
+    pub fn start_on(backend: Backend) -> Server {
+        Server::start_with(backend, &[])
+    }
+
+    pub fn start_with(backend: Backend, extra: &[&str]) -> Server {
+        let database = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(Postgres::shared().create_database()),
+        };
+        Server::start_on_database(database, extra)
+    }
+
+    /// Inits a data folder on the database `url` (`None`: the data folder's SQLite file) and
+    /// starts the server on it.
+    pub fn start_on_database(database: Option<String>, extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         write_public_pem(&dir.path().join("build.pub.pem"), &build_key());
         write_public_pem(&dir.path().join("prod.pub.pem"), &prod_key());
-        let out = Command::new(BIN)
-            .arg("init")
+        let mut init = Command::new(BIN);
+        init.arg("init")
             .arg("--data")
             .arg(dir.path().join("data"))
             .arg("--build-key")
             .arg(dir.path().join("build.pub.pem"))
             .arg("--prod-key")
-            .arg(dir.path().join("prod.pub.pem"))
-            .output()
-            .unwrap();
+            .arg(dir.path().join("prod.pub.pem"));
+        if let Some(url) = &database {
+            init.args(["--database", url]);
+        }
+        let out = init.output().unwrap();
         assert!(out.status.success(), "init: {}", String::from_utf8_lossy(&out.stderr));
         let stdout = String::from_utf8(out.stdout).unwrap();
         let admin = stdout
@@ -137,14 +191,57 @@ impl Server {
             .find_map(|l| l.strip_prefix("admin token: "))
             .expect("init prints the admin token")
             .to_owned();
-        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-        let mut server = Server { dir, child: None, url: String::new(), admin, agent };
+        let mut server = Server {
+            dir: std::sync::Arc::new(dir),
+            child: None,
+            url: String::new(),
+            admin,
+            database,
+            http: None,
+        };
         server.launch(extra);
         server
     }
 
+    /// A server on the existing data folder `dir`/data (no init).
+    pub fn existing(
+        dir: std::sync::Arc<tempfile::TempDir>,
+        admin: &str,
+        database: Option<String>,
+    ) -> Server {
+        let mut server = Server {
+            dir,
+            child: None,
+            url: String::new(),
+            admin: admin.to_owned(),
+            database,
+            http: None,
+        };
+        server.launch(&[]);
+        server
+    }
+
+    /// Another replica: a second process on the same data folder and database.
+    pub fn replica(&self) -> Server {
+        let mut other = Server {
+            dir: self.dir.clone(),
+            child: None,
+            url: String::new(),
+            admin: self.admin.clone(),
+            database: self.database.clone(),
+            http: None,
+        };
+        other.launch(&[]);
+        other
+    }
+
     pub fn data(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    /// The `--database` arguments for this server's store (none for the default SQLite file).
+    pub fn database_args(&self) -> Vec<String> {
+        self.database.iter().flat_map(|url| ["--database".to_owned(), url.clone()]).collect()
     }
 
     /// Starts (or restarts) the process.
@@ -153,6 +250,7 @@ impl Server {
             .arg("serve")
             .arg("--data")
             .arg(self.data())
+            .args(self.database_args())
             .args(["--listen", "127.0.0.1:0"])
             .args(extra)
             .env("OTA_LOG", "warn")
@@ -166,6 +264,7 @@ impl Server {
             panic!("server did not start: {line:?}");
         });
         self.url = url.to_owned();
+        self.http = Some(Blocking::new(Client::anonymous(url).unwrap()).unwrap());
         self.child = Some(child);
     }
 
@@ -174,6 +273,11 @@ impl Server {
             let _ = c.kill();
             c.wait().unwrap();
         }
+    }
+
+    /// The typed client with `token`.
+    pub fn client(&self, token: &str) -> Blocking {
+        Blocking::new(Client::new(&self.url, token).unwrap()).unwrap()
     }
 
     pub fn request(
@@ -198,32 +302,28 @@ impl Server {
         content_type: Option<&str>,
         body: Option<&[u8]>,
         headers: &[(&str, &str)],
-    ) -> Result<Reply, ureq::Error> {
-        let mut req =
-            ureq::http::Request::builder().method(method).uri(format!("{}{path}", self.url));
-        if let Some(t) = token {
-            req = req.header("Authorization", format!("Bearer {t}"));
+    ) -> Result<Reply, ota_proto::client::Error> {
+        let authorization = token.map(|t| format!("Bearer {t}"));
+        let mut all: Vec<(&str, &str)> = headers.to_vec();
+        if let Some(a) = &authorization {
+            all.push(("authorization", a));
         }
-        if let Some(ct) = content_type {
-            req = req.header("Content-Type", ct);
-        }
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let result = match body {
-            Some(b) => self.agent.run(req.body(b.to_vec()).unwrap()),
-            None => self.agent.run(req.body(()).unwrap()),
+        let method: hyper::Method = method.parse().unwrap();
+        let body = match (content_type, body) {
+            (Some(ct), Some(b)) => Some((ct, bytes::Bytes::copy_from_slice(b))),
+            (Some(ct), None) => Some((ct, bytes::Bytes::new())),
+            // No Content-Type header at all.
+            (None, Some(b)) => Some(("", bytes::Bytes::copy_from_slice(b))),
+            (None, None) => None,
         };
-        let mut response = result?;
-        let status = response.status().as_u16();
-        let headers = response
-            .headers()
+        let http = self.http.as_ref().expect("the server runs");
+        let reply = http.run(|c| c.raw(method, path, body, &all))?;
+        let headers = reply
+            .headers
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
             .collect();
-        let mut body = Vec::new();
-        response.body_mut().as_reader().read_to_end(&mut body)?;
-        Ok(Reply { status, body, headers })
+        Ok(Reply { status: reply.status, body: reply.body.to_vec(), headers })
     }
 
     pub fn get(&self, path: &str, token: &str) -> Reply {
@@ -292,6 +392,13 @@ impl Server {
 
     pub fn tmp_files(&self) -> usize {
         std::fs::read_dir(self.data().join("blobs/tmp")).unwrap().count()
+    }
+
+    /// Runs `sql` on this server's PostgreSQL database (`psql` output: rows per line, `|`
+    /// between columns). Panics on SQLite.
+    pub fn pg_sql(&self, sql: &str) -> String {
+        let url = self.database.as_deref().expect("a PostgreSQL server");
+        Postgres::shared().sql(Postgres::database_of(url), sql)
     }
 }
 

@@ -4,16 +4,20 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
 use clap::Parser;
+use firmware::image::ImageId;
+use ota_proto::client::Client;
+use ota_proto::{BoardName, EnvironmentName};
 use tests::fleet::device::Behaviour;
 use tests::fleet::{Fleet, Options};
 
 /// Simulate a fleet of devices against an ota-server: each enrolls (or takes its enrollment
 /// over), starts on the factory image, then checks in, downloads offers with Range, installs
 /// them with the real update agent, resets into the real boot logic and confirms — or, for the
-/// unhealthy share, lets the boot logic revert. Stops when no device has work left and prints
-/// a summary. Exit status 1 if any device is bricked, the firmware did something it must never
+/// unhealthy share, lets the boot logic revert. Devices ride out a server outage (backing off
+/// and retrying) up to --outage-limit. Stops when no device has work left and prints a
+/// summary. Exit status 1 if any device is bricked, the firmware did something it must never
 /// do, or a device could not talk to the server.
 #[derive(Debug, Parser)]
 #[command(name = "fleet-sim", version)]
@@ -29,10 +33,10 @@ struct Cli {
     devices: usize,
     /// Their board (see `imager boards`).
     #[arg(long)]
-    board: String,
+    board: BoardName,
     /// Their environment.
     #[arg(long)]
-    environment: String,
+    environment: EnvironmentName,
     /// What every device runs at the start: a `.fwi` file, or the id of an image on the server.
     #[arg(long)]
     factory: String,
@@ -59,6 +63,11 @@ struct Cli {
     /// Seed for power cuts and chunk sizes.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Seconds a device keeps retrying a request while the server is unreachable (or
+    /// restarting, or overloaded) before the run stops with an error. Setting the fleet up
+    /// does not wait.
+    #[arg(long, default_value_t = 120, value_name = "SECS")]
+    outage_limit: u64,
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
@@ -99,17 +108,14 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: &Cli) -> Result<tests::fleet::Summary> {
-    let factory = match std::fs::read(&cli.factory) {
-        Ok(bytes) => bytes,
-        Err(_) if cli.factory.len() == 64 => {
-            let client = tests::fleet::client::Client::new(&cli.server)?;
-            let r = client.get(&format!("/api/v1/images/{}/file", cli.factory), &cli.token).await?;
-            if !r.status.is_success() {
-                return Err(anyhow!("factory image {}: {}", cli.factory, r.error()));
-            }
-            r.body.to_vec()
+    let factory = match (std::fs::read(&cli.factory), ImageId::from_hex(&cli.factory)) {
+        (Ok(bytes), _) => bytes,
+        (Err(_), Some(id)) => {
+            let client = Client::new(&cli.server, &cli.token)?;
+            let file = client.image_file(id).await;
+            file.with_context(|| format!("factory image {id}"))?.to_vec()
         }
-        Err(e) => {
+        (Err(e), None) => {
             return Err(e).with_context(|| format!("cannot read factory image {}", cli.factory));
         }
     };
@@ -126,6 +132,7 @@ async fn run(cli: &Cli) -> Result<tests::fleet::Summary> {
         concurrency: cli.concurrency,
         seed: cli.seed,
         verbose: !cli.json,
+        outage_limit: Duration::from_secs(cli.outage_limit),
     };
     let mut fleet = Fleet::enroll(options, &factory).await?;
     fleet.run().await

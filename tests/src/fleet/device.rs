@@ -7,10 +7,13 @@
 //! a check-in after each reset as a real OS would) into the agent, reset into the boot logic
 //! (which swaps and boots the new image on trial), then confirm it — or, for an unhealthy
 //! image, reset until the boot logic reverts it. Every step is reported through the device API.
+//!
+//! Like a device in the field, it rides out a server outage: each request that fails
+//! transiently is retried with backoff ([`super::retry`]); a download resumes from the agent's
+//! checkpoint with `Range`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use anyhow::{Result, anyhow};
 use firmware::boot::{BootError, Booted};
@@ -19,18 +22,15 @@ use firmware::sim::device::SimDevice;
 use firmware::sim::{Cut, CutKind, Rng};
 use firmware::state::{FailReason, ImageTag, OutcomeKind, RevertReason};
 use firmware::update::{Agent, AgentConfig, UpdateError};
-use hyper::{Method, StatusCode};
-use ota_server::api::{self, CheckIn, EventKind, NewEvent};
+use ota_proto::client::MAX_RESPONSE;
+use ota_proto::{CheckIn, DeviceId, EventKind, NewEvent, Offer};
 use sha2::{Digest, Sha256};
 
-use super::client::Client;
+use super::retry::{Outage, Retrying};
 
 /// Trial boots the simulated OS gets: two, so that a power cut during the first trial boot
 /// (which counts) does not revert a healthy image.
 pub const TRIAL_BOOTS: u8 = 2;
-
-/// Longest time a request may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How devices behave.
 #[derive(Clone, Copy, Debug)]
@@ -88,6 +88,8 @@ pub struct Tally {
     pub anomalies: Vec<String>,
     /// Errors talking to the server (the device carries on at the next round).
     pub errors: Vec<String>,
+    /// Requests tried again after a transient failure (the server down or restarting).
+    pub retries: u64,
 }
 
 /// What a step did.
@@ -99,6 +101,9 @@ pub enum Step {
     Updated,
     /// The device cannot boot.
     Bricked,
+    /// The server stayed unreachable for longer than the outage limit (the error is in the
+    /// tally).
+    GaveUp,
 }
 
 /// How a download ended.
@@ -117,9 +122,9 @@ enum Downloaded {
 #[derive(Debug)]
 pub struct SimulatedDevice {
     /// Its id.
-    pub id: String,
-    /// Its device token.
-    pub token: String,
+    pub id: DeviceId,
+    /// Its connection to the server, with its device token.
+    pub server: Retrying,
     /// The firmware on its flash.
     pub device: SimDevice,
     /// Its random source (power cuts, chunk sizes).
@@ -132,7 +137,7 @@ pub struct SimulatedDevice {
 }
 
 /// Whether `device` finds `image` unhealthy: a stable choice of `ratio` of the devices.
-pub fn unhealthy(device: &str, image: ImageId, ratio: f64) -> bool {
+pub fn unhealthy(device: &DeviceId, image: ImageId, ratio: f64) -> bool {
     let mut h = Sha256::new();
     h.update(device.as_bytes());
     h.update(image.0);
@@ -141,15 +146,18 @@ pub fn unhealthy(device: &str, image: ImageId, ratio: f64) -> bool {
     (x as f64 / u64::MAX as f64) < ratio
 }
 
-fn short(id: &str) -> &str {
-    id.get(..12).unwrap_or(id)
+fn short(id: &ImageId) -> String {
+    let mut hex = id.to_string();
+    hex.truncate(12);
+    hex
 }
 
 impl SimulatedDevice {
-    /// A device over `device` (already provisioned).
+    /// A device over `device` (already provisioned), talking to the server through `server`
+    /// (with its device token).
     pub fn new(
-        id: String,
-        token: String,
+        id: DeviceId,
+        server: Retrying,
         mut device: SimDevice,
         seed: u64,
         spans: Arc<Spans>,
@@ -157,7 +165,7 @@ impl SimulatedDevice {
         device.trial_boots = TRIAL_BOOTS;
         SimulatedDevice {
             id,
-            token,
+            server,
             device,
             rng: Rng::new(seed),
             tally: Tally::default(),
@@ -254,50 +262,48 @@ impl SimulatedDevice {
     }
 
     async fn event(
-        &self,
-        client: &Client,
-        image: &str,
+        &mut self,
+        image: ImageId,
         kind: EventKind,
         detail: Option<String>,
     ) -> Result<()> {
-        let body = NewEvent { image_id: image.to_owned(), kind, detail };
-        let r = tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            client.post("/api/v1/device/events", &self.token, &body),
-        )
-        .await
-        .map_err(|_| anyhow!("event {}: no answer within 30 s", kind.as_str()))??;
-        if !r.status.is_success() {
-            return Err(anyhow!("event {}: {}", kind.as_str(), r.error()));
-        }
-        Ok(())
+        let body = &NewEvent { image_id: image, kind, detail };
+        let what = format!("event {}", kind.as_str());
+        self.server
+            .call(&mut self.tally.retries, &what, |c| async move { c.event(body).await })
+            .await
     }
 
-    async fn checkin(&mut self, client: &Client) -> Result<Option<api::Offer>> {
-        let report = self.report();
+    async fn checkin(&mut self) -> Result<Option<Offer>> {
+        let report = &self.report();
         self.tally.checkins += 1;
-        let r = tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            client.post("/api/v1/device/checkin", &self.token, &report),
-        )
-        .await
-        .map_err(|_| anyhow!("check-in: no answer within 30 s"))??;
-        Ok(r.json::<api::CheckInResponse>()?.offer)
+        let answer = self
+            .server
+            .call(&mut self.tally.retries, "check-in", |c| async move { c.checkin(report).await })
+            .await?;
+        Ok(answer.offer)
     }
 
     /// One check-in, and the update it offers if any. Errors talking to the server are
-    /// recorded in the tally, not returned: the device tries again next round.
-    pub async fn step(&mut self, client: &Client, behaviour: Behaviour) -> Step {
-        match self.step_inner(client, behaviour).await {
+    /// recorded in the tally, not returned: the device tries again next round (an outage
+    /// longer than the limit ends in [`Step::GaveUp`]).
+    pub async fn step(&mut self, behaviour: Behaviour) -> Step {
+        match self.step_inner(behaviour).await {
             Ok(step) => step,
             Err(e) => {
                 self.tally.errors.push(format!("device {}: {e:#}", self.id));
-                if self.tally.bricked { Step::Bricked } else { Step::Idle }
+                if self.tally.bricked {
+                    Step::Bricked
+                } else if e.is::<Outage>() {
+                    Step::GaveUp
+                } else {
+                    Step::Idle
+                }
             }
         }
     }
 
-    async fn step_inner(&mut self, client: &Client, behaviour: Behaviour) -> Result<Step> {
+    async fn step_inner(&mut self, behaviour: Behaviour) -> Result<Step> {
         if self.tally.bricked {
             return Ok(Step::Bricked);
         }
@@ -307,31 +313,29 @@ impl SimulatedDevice {
             && status.trial
             && let Some((image, _)) = status.running
         {
-            return self.settle_trial(client, image, behaviour).await;
+            return self.settle_trial(image, behaviour).await;
         }
-        let Some(offer) = self.checkin(client).await? else { return Ok(Step::Idle) };
+        let Some(offer) = self.checkin().await? else { return Ok(Step::Idle) };
         self.tally.offers += 1;
-        let image = ImageId::from_hex(&offer.image_id)
-            .ok_or_else(|| anyhow!("offer names a bad image id {:?}", offer.image_id))?;
-        let release = hex::decode(&offer.release).map_err(|e| anyhow!("offer's release: {e}"))?;
-        self.event(client, &offer.image_id, EventKind::Downloading, None).await?;
+        let image = offer.image_id;
+        self.event(image, EventKind::Downloading, None).await?;
 
         // Download into slot B, resuming from the agent's checkpoint after each power cut.
-        let booted = match self.download(client, &offer, &release, behaviour).await? {
+        let booted = match self.download(&offer, behaviour).await? {
             Downloaded::Refused(refusal) => {
                 self.tally.failed += 1;
                 self.last_failed = Some(image);
-                self.event(client, &offer.image_id, EventKind::Failed, Some(refusal)).await?;
+                self.event(image, EventKind::Failed, Some(refusal)).await?;
                 return Ok(Step::Updated);
             }
             Downloaded::Bricked => return Ok(Step::Bricked),
             Downloaded::Booted(booted) => {
                 // Power was cut right after the download was complete: the reset swapped.
-                self.event(client, &offer.image_id, EventKind::Installed, None).await?;
+                self.event(image, EventKind::Installed, None).await?;
                 booted
             }
             Downloaded::Pending => {
-                self.event(client, &offer.image_id, EventKind::Installed, None).await?;
+                self.event(image, EventKind::Installed, None).await?;
                 // Reset: the boot logic swaps and boots the new image on trial.
                 let Some(booted) = self.reset(behaviour.power_cut_ratio, Phase::Swap) else {
                     return Ok(Step::Bricked);
@@ -355,26 +359,20 @@ impl SimulatedDevice {
             {
                 self.tally.anomalies.push(format!("device {}: {detail}", self.id));
             }
-            self.event(client, &offer.image_id, EventKind::Failed, Some(detail)).await?;
+            self.event(image, EventKind::Failed, Some(detail)).await?;
             return Ok(Step::Updated);
         }
-        self.settle_trial(client, image, behaviour).await
+        self.settle_trial(image, behaviour).await
     }
 
     /// The OS's self-test of an image on trial: confirm it, or (unhealthy) reset until the
     /// boot logic reverts it.
-    async fn settle_trial(
-        &mut self,
-        client: &Client,
-        image: ImageId,
-        behaviour: Behaviour,
-    ) -> Result<Step> {
-        let id = image.to_string();
-        self.event(client, &id, EventKind::Booted, None).await?;
+    async fn settle_trial(&mut self, image: ImageId, behaviour: Behaviour) -> Result<Step> {
+        self.event(image, EventKind::Booted, None).await?;
         if !unhealthy(&self.id, image, behaviour.fail_ratio) {
             self.device.confirm().map_err(|e| anyhow!("confirm: {e}"))?;
             self.tally.confirmed += 1;
-            self.event(client, &id, EventKind::Confirmed, None).await?;
+            self.event(image, EventKind::Confirmed, None).await?;
             return Ok(Step::Updated);
         }
         // No confirm: each reset uses a trial boot, then the boot logic reverts.
@@ -387,34 +385,31 @@ impl SimulatedDevice {
                 if reason != Some(OutcomeKind::Reverted(RevertReason::NotConfirmed)) {
                     self.tally
                         .anomalies
-                        .push(format!("device {}: revert of {id}: {reason:?}", self.id));
+                        .push(format!("device {}: revert of {image}: {reason:?}", self.id));
                 }
                 self.tally.reverted += 1;
                 self.last_failed = Some(image);
                 let detail =
                     format!("self-test failed; the boot logic went back to {}", booted.image.id);
-                self.event(client, &id, EventKind::Reverted, Some(detail)).await?;
+                self.event(image, EventKind::Reverted, Some(detail)).await?;
                 return Ok(Step::Updated);
             }
         }
-        self.tally.anomalies.push(format!("device {}: {id} never reverted", self.id));
+        self.tally.anomalies.push(format!("device {}: {image} never reverted", self.id));
         Ok(Step::Updated)
     }
 
     /// Streams the offered image into the agent, resuming after power cuts.
-    async fn download(
-        &mut self,
-        client: &Client,
-        offer: &api::Offer,
-        release: &[u8],
-        behaviour: Behaviour,
-    ) -> Result<Downloaded> {
+    async fn download(&mut self, offer: &Offer, behaviour: Behaviour) -> Result<Downloaded> {
         let mut cut = false;
         for _attempt in 0..64 {
             // One cut per download at most: the attempts after it resume.
             let ratio = if cut { 0.0 } else { behaviour.power_cut_ratio };
             let started = self.maybe_cut(ratio, Phase::Download);
-            match self.download_once(client, &offer.url, release).await? {
+            let once = self.download_once(&offer.url, &offer.release.0).await;
+            // Talking to the server failed for good: no power cut stays scheduled.
+            let once = once.inspect_err(|_| self.device.flash.cut(None))?;
+            match once {
                 Ok(()) => {
                     self.device.flash.cut(None);
                     if !cut {
@@ -434,11 +429,10 @@ impl SimulatedDevice {
                         Some(booted) if booted.trial => return Ok(Downloaded::Booted(booted)),
                         Some(_) => {}
                     }
-                    match self.checkin(client).await? {
+                    match self.checkin().await? {
                         Some(again) if again.image_id == offer.image_id => {}
                         other => {
-                            let now = other
-                                .map_or("nothing".to_owned(), |o| short(&o.image_id).to_owned());
+                            let now = other.map_or("nothing".to_owned(), |o| short(&o.image_id));
                             return Ok(Downloaded::Refused(format!(
                                 "after a reset the server offers {now}, not {}",
                                 short(&offer.image_id)
@@ -454,7 +448,6 @@ impl SimulatedDevice {
 
     async fn download_once(
         &mut self,
-        client: &Client,
         url: &str,
         release: &[u8],
     ) -> Result<Result<(), UpdateError>> {
@@ -475,22 +468,18 @@ impl SimulatedDevice {
             Ok(s) => s,
             Err(e) => return Ok(Err(e)),
         };
+        // From the agent's checkpoint (a `Range` request when not 0); retried from there if
+        // the server goes away.
         let from = u64::from(started.resume_from);
-        let reply = tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            client.send(Method::GET, url, &self.token, None, (from > 0).then_some(from)),
-        )
-        .await
-        .map_err(|_| anyhow!("download: no answer within 30 s"))??;
-        let expected = if from > 0 { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
-        if reply.status != expected {
-            return Err(anyhow!(
-                "download from byte {from}: expected {expected}, got {}",
-                reply.error()
-            ));
-        }
-        self.tally.downloaded += reply.body.len() as u64;
-        let mut rest = &reply.body[..];
+        let what = format!("download from byte {from}");
+        let body = self
+            .server
+            .call(&mut self.tally.retries, &what, |c| async move {
+                c.download(url, from, MAX_RESPONSE).await
+            })
+            .await?;
+        self.tally.downloaded += body.len() as u64;
+        let mut rest = &body[..];
         while !rest.is_empty() {
             let n = (1 + self.rng.below(4096) as usize).min(rest.len());
             if let Err(e) = agent.feed(flash, &rest[..n]) {

@@ -6,24 +6,42 @@
 //! revert), many at a time on tokio tasks. It stops when a round had no offer and no rollout
 //! for its environment and board is still rolling — or after `max_idle_rounds` rounds without
 //! an offer, if one is (a stage waiting on devices that are not there).
+//!
+//! Every device talks to the server through the typed client of `ota_proto` (one client per
+//! device, its own token, one shared connection pool) and rides out outages ([`retry`]): a
+//! server killed and restarted during a run costs retries, not the run. Setting the fleet up
+//! ([`Fleet::enroll`]) does not wait: a server that cannot be reached then is a mistake to
+//! report at once.
 
-pub mod client;
 pub mod device;
+pub mod retry;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use firmware::image::{ImageId, TrustedKey};
 use firmware::sim::device::Identity;
 use firmware::sim::device::SimDevice;
-use ota_server::api::{self, RolloutState};
+use ota_proto::client::Client;
+use ota_proto::{
+    BoardName, DeviceFilter, DeviceId, EnvironmentInfo, EnvironmentName, NewDevice, NewDevices,
+    PublicKey, RolloutState,
+};
 use serde::Serialize;
 use tokio::task::JoinSet;
 
-use client::Client;
 use device::{Behaviour, SimulatedDevice, Spans, Step, Tally};
+use retry::{Backoff, Retrying};
+
+/// Devices enrolled per batch request.
+const ENROLL_BATCH: usize = 20_000;
+/// Enrollments taken over (a new token each) at once.
+const TAKE_OVER_AT_ONCE: usize = 64;
+/// Longest time one exchange may take before it counts as failed (and, a device's, is retried).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What to simulate.
 #[derive(Clone, Debug)]
@@ -35,9 +53,9 @@ pub struct Options {
     /// Number of devices.
     pub devices: usize,
     /// Their board.
-    pub board: String,
+    pub board: BoardName,
     /// Their environment.
-    pub environment: String,
+    pub environment: EnvironmentName,
     /// Device ids are `PREFIX-00000` ...
     pub prefix: String,
     /// How devices behave.
@@ -52,6 +70,9 @@ pub struct Options {
     pub seed: u64,
     /// Print a line per round to stderr (what the devices did, where the rollout stands).
     pub verbose: bool,
+    /// The longest server outage ridden out: a request that kept failing (server unreachable,
+    /// restarting, overloaded) for longer ends the run with an error.
+    pub outage_limit: Duration,
 }
 
 /// The outcome of a run.
@@ -79,6 +100,9 @@ pub struct Summary {
     pub errors: Vec<String>,
     /// Number of errors.
     pub error_count: usize,
+    /// Requests tried again after a transient failure (the server down or restarting), by the
+    /// devices and by the fleet itself.
+    pub retries: u64,
     /// Check-ins made.
     pub checkins: u64,
     /// Offers received.
@@ -111,7 +135,7 @@ impl Summary {
             out.push_str(&format!("  error: {e}\n"));
         }
         out.push_str(&format!(
-            "  confirmed {}, reverted {}, failed {}, bricked {}\n  {} check-ins, {} offers, {} bytes downloaded, {} power cuts survived\n",
+            "  confirmed {}, reverted {}, failed {}, bricked {}\n  {} check-ins, {} offers, {} bytes downloaded, {} power cuts survived, {} requests retried\n",
             self.confirmed,
             self.reverted,
             self.failed,
@@ -119,7 +143,8 @@ impl Summary {
             self.checkins,
             self.offers,
             self.downloaded_bytes,
-            self.power_cuts
+            self.power_cuts,
+            self.retries
         ));
         if self.power_cuts > 0 {
             let phases: Vec<String> =
@@ -132,13 +157,12 @@ impl Summary {
 
 /// A simulated fleet.
 pub struct Fleet {
-    client: Client,
+    /// The fleet's own calls (rollout state), with the admin token.
+    server: Retrying,
+    /// Retries of the fleet's own calls since the run began.
+    retries: u64,
     options: Options,
     devices: Vec<SimulatedDevice>,
-}
-
-fn short(id: &str) -> &str {
-    id.get(..12).unwrap_or(id)
 }
 
 impl std::fmt::Debug for Fleet {
@@ -147,30 +171,29 @@ impl std::fmt::Debug for Fleet {
     }
 }
 
-fn trusted(hex_key: &str) -> Result<TrustedKey> {
-    let raw: [u8; 32] = hex::decode(hex_key)
-        .ok()
-        .and_then(|v| v.try_into().ok())
-        .ok_or_else(|| anyhow!("server sent a malformed key {hex_key:?}"))?;
-    TrustedKey::from_bytes(&raw).map_err(|e| anyhow!("server sent an unusable key: {e}"))
+fn trusted(key: &PublicKey) -> Result<TrustedKey> {
+    TrustedKey::from_bytes(&key.0)
+        .map_err(|e| anyhow!("the server sent an unusable key {key}: {e}"))
+}
+
+/// The id of device `i` of a fleet whose ids start with `prefix`.
+fn device_id(prefix: &str, i: usize) -> Result<DeviceId> {
+    Ok(DeviceId::new(format!("{prefix}-{i:05}"))?)
 }
 
 impl Fleet {
     /// Enrolls `options.devices` devices (taking over existing enrollments with a new token)
-    /// and provisions each with `factory` (a `.fwi` file) in slot A.
+    /// and provisions each with `factory` (a `.fwi` file) in slot A. New devices are enrolled in
+    /// batches; a device enrolled already must be of the same board and environment.
     pub async fn enroll(options: Options, factory: &[u8]) -> Result<Fleet> {
-        let client = Client::new(&options.server)?;
-        let token = options.token.clone();
-        let env: api::EnvironmentInfo = client
-            .get(&format!("/api/v1/environments/{}", options.environment), &token)
-            .await?
-            .json()
-            .context("reading the environment")?;
-        let keys: Vec<api::BuildKey> = client.get("/api/v1/build-keys", &token).await?.json()?;
+        let client = Client::new(&options.server, &options.token)?.with_timeout(REQUEST_TIMEOUT);
+        let env =
+            client.environment(&options.environment).await.context("reading the environment")?;
+        let keys = client.build_keys().await.context("reading the build keys")?;
         let identity = Identity {
-            board: options.board.clone(),
+            board: options.board.to_string(),
             build_keys: keys.iter().map(|k| trusted(&k.public_key)).collect::<Result<_>>()?,
-            environment: options.environment.clone(),
+            environment: options.environment.to_string(),
             environment_keys: vec![trusted(&env.release_public_key)?],
         };
         let catalog = boards::Catalog::builtin()?;
@@ -182,83 +205,21 @@ impl Fleet {
         template.provision(factory).map_err(|e| anyhow!("factory image: {e}"))?;
         template.boot().map_err(|e| anyhow!("the factory image does not boot: {e}"))?;
 
-        let mut set = JoinSet::new();
-        let limit = Arc::new(tokio::sync::Semaphore::new(64));
-        for i in 0..options.devices {
-            let id = format!("{}-{i:05}", options.prefix);
-            let (client, token, board, environment, limit) = (
-                client.clone(),
-                token.clone(),
-                options.board.clone(),
-                options.environment.clone(),
-                limit.clone(),
-            );
-            set.spawn(async move {
-                let _permit = limit.acquire().await;
-                let new = api::NewDevice { id: id.clone(), board, environment };
-                let r = client.post("/api/v1/devices", &token, &new).await?;
-                let created: api::DeviceCreated = if r.code().as_deref() == Some("exists") {
-                    // Take the enrollment over, but only if it is the same kind of device.
-                    let known: api::DeviceDetail =
-                        client.get(&format!("/api/v1/devices/{id}"), &token).await?.json()?;
-                    if known.device.environment != new.environment
-                        || known.device.board != new.board
-                    {
-                        bail!(
-                            "device {id} is enrolled in {} on {}, not {} on {}",
-                            known.device.environment,
-                            known.device.board,
-                            new.environment,
-                            new.board
-                        );
-                    }
-                    client
-                        .post(
-                            &format!("/api/v1/devices/{id}/token"),
-                            &token,
-                            &serde_json::json!({}),
-                        )
-                        .await?
-                        .json()
-                        .with_context(|| format!("taking over device {id}"))?
-                } else {
-                    r.json().with_context(|| format!("enrolling device {id}"))?
-                };
-                if created.device.environment != new.environment
-                    || created.device.board != new.board
-                {
-                    bail!(
-                        "device {id} is enrolled in {} on {}, not {} on {}",
-                        created.device.environment,
-                        created.device.board,
-                        new.environment,
-                        new.board
-                    );
-                }
-                anyhow::Ok((i, created.token))
-            });
-        }
-        let mut tokens = vec![String::new(); options.devices];
-        while let Some(joined) = set.join_next().await {
-            let (i, token) = joined??;
-            tokens[i] = token;
-        }
+        let ids = (0..options.devices)
+            .map(|i| device_id(&options.prefix, i))
+            .collect::<Result<Vec<_>>>()?;
+        let tokens = enroll_or_take_over(&client, &options, &ids).await?;
         let spans = Arc::new(Spans::default());
-        let devices = tokens
-            .into_iter()
-            .enumerate()
-            .map(|(i, token)| {
-                let id = format!("{}-{i:05}", options.prefix);
-                SimulatedDevice::new(
-                    id,
-                    token,
-                    template.clone(),
-                    options.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-                    spans.clone(),
-                )
-            })
-            .collect();
-        Ok(Fleet { client, options, devices })
+        let backoff = Backoff::new(options.outage_limit);
+        let mut devices = Vec::with_capacity(ids.len());
+        for (i, id) in ids.into_iter().enumerate() {
+            let token = &tokens[&id];
+            let seed = options.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let server = Retrying::new(client.with_token(token)?, backoff, !seed);
+            devices.push(SimulatedDevice::new(id, server, template.clone(), seed, spans.clone()));
+        }
+        let server = Retrying::new(client, backoff, options.seed);
+        Ok(Fleet { server, retries: 0, options, devices })
     }
 
     /// Changes how devices behave from now on.
@@ -275,11 +236,7 @@ impl Fleet {
     /// board is rolling (so a later stage may include more devices) and some device of this
     /// fleet neither runs its image nor failed it.
     async fn work_left(&mut self) -> Result<bool> {
-        let env: api::EnvironmentInfo = self
-            .client
-            .get(&format!("/api/v1/environments/{}", self.options.environment), &self.options.token)
-            .await?
-            .json()?;
+        let env = self.environment().await?;
         let Some(release) = env
             .current
             .iter()
@@ -287,11 +244,19 @@ impl Fleet {
         else {
             return Ok(false);
         };
-        let image = ImageId::from_hex(&release.image_id)
-            .ok_or_else(|| anyhow!("server sent a bad image id"))?;
+        let image = release.image_id;
         Ok(self.devices.iter_mut().any(|d| {
             !d.tally.bricked && d.last_failed != Some(image) && d.running() != Some(image)
         }))
+    }
+
+    /// The fleet's environment as the server shows it now (riding out an outage).
+    async fn environment(&mut self) -> Result<EnvironmentInfo> {
+        let env = &self.options.environment;
+        let what = format!("reading environment {env}");
+        self.server
+            .call(&mut self.retries, &what, |c| async move { c.environment(env).await })
+            .await
     }
 
     /// Runs rounds until no device has work left; returns what happened. Every device is
@@ -300,6 +265,7 @@ impl Fleet {
     pub async fn run(&mut self) -> Result<Summary> {
         let started = Instant::now();
         let before: Vec<Tally> = self.devices.iter().map(|d| d.tally.clone()).collect();
+        self.retries = 0;
         let mut rounds = 0;
         let mut idle = 0;
         let stopped = loop {
@@ -325,8 +291,13 @@ impl Fleet {
             }
             tokio::time::sleep(self.options.checkin_interval).await;
         };
-        let mut summary =
-            Summary { devices: self.devices.len(), rounds, stopped, ..Summary::default() };
+        let mut summary = Summary {
+            devices: self.devices.len(),
+            rounds,
+            stopped,
+            retries: self.retries,
+            ..Summary::default()
+        };
         let phases = ["download", "swap", "revert"];
         for (d, before) in self.devices.iter_mut().zip(before) {
             let booted = d.would_boot();
@@ -345,6 +316,7 @@ impl Fleet {
             summary.checkins += t.checkins - before.checkins;
             summary.offers += t.offers - before.offers;
             summary.downloaded_bytes += t.downloaded - before.downloaded;
+            summary.retries += t.retries - before.retries;
             summary.bricked += u64::from(t.bricked);
             summary.anomalies.extend(t.anomalies[before.anomalies.len()..].iter().cloned());
             for e in &t.errors[before.errors.len()..] {
@@ -361,7 +333,7 @@ impl Fleet {
     }
 
     /// Prints what a round did and where the rollout stands.
-    async fn print_round(&self, round: u32, before: &[Tally]) -> Result<()> {
+    async fn print_round(&mut self, round: u32, before: &[Tally]) -> Result<()> {
         let (mut offers, mut confirmed, mut reverted, mut failed, mut cuts) = (0, 0, 0, 0, 0);
         for (dev, b) in self.devices.iter().zip(before) {
             offers += dev.tally.offers - b.offers;
@@ -370,11 +342,7 @@ impl Fleet {
             failed += dev.tally.failed - b.failed;
             cuts += dev.tally.power_cuts.iter().sum::<u64>() - b.power_cuts.iter().sum::<u64>();
         }
-        let env: api::EnvironmentInfo = self
-            .client
-            .get(&format!("/api/v1/environments/{}", self.options.environment), &self.options.token)
-            .await?
-            .json()?;
+        let env = self.environment().await?;
         let rollout = env.current.iter().find(|r| r.board == self.options.board).map_or_else(
             || "no release".to_owned(),
             |r| {
@@ -382,8 +350,8 @@ impl Fleet {
                     "release {}/{} ({}) {}, stage {}/{} ({}%): {} of {} confirmed",
                     r.environment,
                     r.sequence,
-                    short(&r.image_id),
-                    r.state.as_str(),
+                    &r.image_id.to_string()[..12],
+                    r.state,
                     r.stage + 1,
                     r.stages.len(),
                     r.stages.get(r.stage).copied().unwrap_or(100),
@@ -399,30 +367,43 @@ impl Fleet {
         Ok(())
     }
 
-    /// One round: every device checks in once. Returns (devices that updated, bricked).
+    /// One round: every device checks in once. Returns (devices that updated, bricked). A
+    /// device that gave up on the server (an outage longer than the limit) ends the round for
+    /// the devices that have not started theirs, and the run with its error.
     async fn round(&mut self) -> Result<(usize, usize)> {
         let devices = std::mem::take(&mut self.devices);
         let n = devices.len();
         let limit = Arc::new(tokio::sync::Semaphore::new(self.options.concurrency.max(1)));
+        let gave_up = Arc::new(AtomicBool::new(false));
         let mut set = JoinSet::new();
         for (i, mut d) in devices.into_iter().enumerate() {
-            let (client, behaviour, limit) =
-                (self.client.clone(), self.options.behaviour, limit.clone());
+            let (behaviour, limit, gave_up) =
+                (self.options.behaviour, limit.clone(), gave_up.clone());
             set.spawn(async move {
                 let _permit = limit.acquire().await;
-                let step = d.step(&client, behaviour).await;
-                (i, d, step)
+                if gave_up.load(Ordering::Relaxed) {
+                    return (i, d, None);
+                }
+                let step = d.step(behaviour).await;
+                if step == Step::GaveUp {
+                    gave_up.store(true, Ordering::Relaxed);
+                }
+                (i, d, Some(step))
             });
         }
         let mut back: Vec<Option<SimulatedDevice>> = (0..n).map(|_| None).collect();
         let (mut updated, mut bricked, mut lost) = (0, 0, 0);
+        let mut outage = None;
         while let Some(joined) = set.join_next().await {
             match joined {
                 Ok((i, d, step)) => {
                     match step {
-                        Step::Updated => updated += 1,
-                        Step::Bricked => bricked += 1,
-                        Step::Idle => {}
+                        Some(Step::Updated) => updated += 1,
+                        Some(Step::Bricked) => bricked += 1,
+                        Some(Step::GaveUp) if outage.is_none() => {
+                            outage = d.tally.errors.last().cloned();
+                        }
+                        Some(Step::Idle | Step::GaveUp) | None => {}
                     }
                     back[i] = Some(d);
                 }
@@ -433,6 +414,74 @@ impl Fleet {
         if lost > 0 {
             bail!("{lost} simulated devices were lost: their task panicked");
         }
+        if let Some(error) = outage {
+            bail!("{error}");
+        }
         Ok((updated, bricked))
     }
+}
+
+/// The tokens of the devices `ids`: new devices enrolled in batches, devices enrolled already
+/// (by an earlier run) given a new token, after checking they are of this fleet's board and
+/// environment.
+async fn enroll_or_take_over(
+    client: &Client,
+    options: &Options,
+    ids: &[DeviceId],
+) -> Result<HashMap<DeviceId, String>> {
+    let filter =
+        DeviceFilter { environment: Some(options.environment.clone()), ..DeviceFilter::default() };
+    let known: HashMap<DeviceId, BoardName> = client
+        .devices(&filter)
+        .await
+        .context("listing the enrolled devices")?
+        .into_iter()
+        .map(|d| (d.id, d.board))
+        .collect();
+    let mut tokens = HashMap::with_capacity(ids.len());
+    let (old, new): (Vec<&DeviceId>, Vec<&DeviceId>) =
+        ids.iter().partition(|id| known.contains_key(*id));
+    for chunk in new.chunks(ENROLL_BATCH) {
+        let devices = chunk
+            .iter()
+            .map(|&id| NewDevice {
+                id: id.clone(),
+                board: options.board.clone(),
+                environment: options.environment.clone(),
+            })
+            .collect();
+        let enrolled = client
+            .create_devices(&NewDevices { devices })
+            .await
+            .with_context(|| format!("enrolling {} devices", chunk.len()))?;
+        tokens.extend(enrolled.tokens.into_iter().map(|t| (t.id, t.token)));
+    }
+    if let Some(other) = old.iter().find(|id| known[**id] != options.board) {
+        bail!(
+            "device {other} is enrolled in {} on board {}, not {}",
+            options.environment,
+            known[*other],
+            options.board
+        );
+    }
+    let limit = Arc::new(tokio::sync::Semaphore::new(TAKE_OVER_AT_ONCE));
+    let mut set = JoinSet::new();
+    for id in old {
+        let (client, id, limit) = (client.clone(), id.clone(), limit.clone());
+        set.spawn(async move {
+            let _permit = limit.acquire().await;
+            let created = client.rotate_device_token(&id).await;
+            created
+                .map(|c| (id.clone(), c.token))
+                .with_context(|| format!("taking over device {id}"))
+        });
+    }
+    while let Some(joined) = set.join_next().await {
+        let (id, token) = joined??;
+        tokens.insert(id, token);
+    }
+    if let Some(missing) = ids.iter().find(|id| !tokens.contains_key(*id)) {
+        bail!("the server enrolled the fleet but sent no token for device {missing}");
+    }
+    Ok(tokens)
 }

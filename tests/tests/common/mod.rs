@@ -33,9 +33,18 @@ pub fn build_binaries() -> Result<PathBuf, String> {
         let bin = profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
         let Ok(built) = std::fs::metadata(&bin).and_then(|m| m.modified()) else { return false };
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        ["firmware/src", "imager/src", "ota-server/src", "boards/src", "boards/defs", "tests/src"]
-            .iter()
-            .all(|dir| newest(&root.join(dir)).is_none_or(|t| t <= built))
+        [
+            "firmware/src",
+            "imager/src",
+            "ota-proto/src",
+            "ota-server/src",
+            "ota-server/migrations",
+            "boards/src",
+            "boards/defs",
+            "tests/src",
+        ]
+        .iter()
+        .all(|dir| newest(&root.join(dir)).is_none_or(|t| t <= built))
     });
     if fresh {
         return Ok(profile_dir.to_path_buf());
@@ -87,6 +96,10 @@ pub struct Server {
     pub child: Child,
     pub url: String,
     pub token: String,
+    /// Its data folder.
+    pub data: String,
+    /// Where its log goes (appended to across restarts).
+    pub log: String,
 }
 
 impl Server {
@@ -112,33 +125,70 @@ impl Server {
             .trim()
             .to_owned();
 
-        let log = std::fs::File::create(path(dir, "server.log")).unwrap();
-        let mut child = Command::new(&server)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data", &data])
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            // Keep reading so the server never blocks on a full pipe.
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(url) = line.trim().strip_prefix("listening on ") {
-                    let _ = tx.send(url.trim().to_owned());
-                }
+        let log = path(dir, "server.log");
+        let (child, url) = serve(&data, "127.0.0.1:0", &log);
+        Server { child, url, token, data, log }
+    }
+
+    /// A new build key and prod release key in `dir` (`build.pem`, `prod.pem`, with their
+    /// public halves), and a server started with them; returns it and the private keys' paths.
+    pub fn with_new_keys(dir: &TempDir) -> (Server, Keys) {
+        let (build, build_pub) = keygen(dir, "build");
+        let (prod, prod_pub) = keygen(dir, "prod");
+        (Server::start(dir, &build_pub, &prod_pub), Keys { build, prod })
+    }
+
+    /// Kills the server with SIGKILL, as a crash or `kill -9` would: nothing gets to finish.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again, on the same data folder and address (after [`Server::kill`]).
+    pub fn restart(&mut self) {
+        let address = self.url.trim_start_matches("http://").trim_end_matches('/').to_owned();
+        let (child, url) = serve(&self.data, &address, &self.log);
+        assert_eq!(url, self.url, "the restarted server listens elsewhere");
+        self.child = child;
+    }
+}
+
+/// The private keys [`Server::with_new_keys`] made (PEM files).
+pub struct Keys {
+    /// Signs images.
+    pub build: String,
+    /// Signs prod's releases.
+    pub prod: String,
+}
+
+/// `ota-server serve` on `data`, listening on `listen`, its log appended to `log`; returns once
+/// it says where it listens, with that URL.
+fn serve(data: &str, listen: &str, log: &str) -> (Child, String) {
+    let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    let mut child = Command::new(bin("ota-server"))
+        .args(["serve", "--listen", listen, "--data", data])
+        .stdout(Stdio::piped())
+        .stderr(log_file)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        // Keep reading so the server never blocks on a full pipe.
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(url) = line.trim().strip_prefix("listening on ") {
+                let _ = tx.send(url.trim().to_owned());
             }
-        });
-        let url = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(url) => url,
-            Err(_) => {
-                let _ = child.kill();
-                let log = std::fs::read_to_string(path(dir, "server.log")).unwrap_or_default();
-                panic!("ota-server did not print `listening on URL` within 60 s; its log:\n{log}");
-            }
-        };
-        Server { child, url, token }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(url) => (child, url),
+        Err(_) => {
+            let _ = child.kill();
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("ota-server did not print `listening on URL` within 60 s; its log:\n{log}");
+        }
     }
 }
 
@@ -147,6 +197,12 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The typed API client with the server's admin token, for what no imager command does.
+pub fn admin(server: &Server) -> ota_proto::client::Blocking {
+    let client = ota_proto::client::Client::new(&server.url, &server.token).unwrap();
+    ota_proto::client::Blocking::new(client).unwrap()
 }
 
 /// Runs `imager` with the server (if any) given through the environment, as CI would.

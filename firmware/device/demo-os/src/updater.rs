@@ -21,8 +21,13 @@ use crate::reason::reason;
 const ANSWER_MS: u32 = 3_000;
 /// Tries per request before the device gives up on this round.
 const TRIES: u32 = 3;
-/// Pause between check-ins when no gateway answers.
+/// A short pause between rounds (after an install that did not reset, a refused offer), and
+/// the first pause after a check-in that was not served (no gateway answered, or it could not
+/// reach the server): doubled after each such check-in in a row, up to [`MAX_BACKOFF_MS`], so
+/// that a fleet whose server is down waits instead of hammering it, and comes back soon after.
 const RETRY_MS: u32 = 2_000;
+/// The longest pause between check-ins that are not served.
+const MAX_BACKOFF_MS: u32 = 64_000;
 /// The heatshrink window lent to the agent: 16 KiB of RAM leave 1 KiB for it, so images for
 /// this device are fused with `--window 10` (a larger window is refused by name).
 const WINDOW: usize = 1024;
@@ -36,6 +41,19 @@ const CHECKPOINT_EVERY: u32 = 4 * board::PAGE;
 const INSTALL_STACK: usize = 13 * 1024 + 512;
 /// Events queued for the gateway at most.
 const QUEUE: usize = 2;
+
+/// How sending the queued events went.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Flushed {
+    /// The gateway recorded every one (or there were none).
+    All,
+    /// No answer: no gateway is listening. The events stay queued.
+    Unanswered,
+    /// The gateway answered the first one with an error: the server is unreachable (then it
+    /// is kept for later) or refused it (then it is dropped, once a check-in shows the server
+    /// answers: see `Updater::round`). It stays queued until then.
+    Refused,
+}
 
 /// An event waiting for the gateway to take it.
 struct Event {
@@ -56,6 +74,8 @@ pub struct Updater<'a> {
     refused: Option<ImageId>,
     /// Whether the last check-in went unanswered (said once, not every round).
     unheard: bool,
+    /// The pause after the next check-in that is not served (see [`RETRY_MS`]).
+    backoff_ms: u32,
     /// The signed release statement of the offer being taken.
     statement: heapless::Vec<u8, { SignedRelease::MAX_LEN }>,
 }
@@ -85,6 +105,7 @@ impl<'a> Updater<'a> {
             queue: heapless::Vec::new(),
             refused: None,
             unheard: false,
+            backoff_ms: RETRY_MS,
             statement: heapless::Vec::new(),
         }
     }
@@ -115,31 +136,31 @@ impl<'a> Updater<'a> {
         let _ = self.queue.push(Event { image: image.into(), kind, detail: text });
     }
 
-    /// Sends the queued events; false if the gateway did not take them all.
-    pub fn flush(&mut self) -> bool {
+    /// Sends the queued events, oldest first, until one is not recorded.
+    pub fn flush(&mut self) -> Flushed {
         while let Some(event) = self.queue.first() {
             let message = Up::Event { image: event.image, kind: event.kind, detail: &event.detail };
-            let mut taken = false;
+            let mut sent = Flushed::Unanswered;
             for _ in 0..TRIES {
                 match self.link.request(&message, ANSWER_MS) {
                     Some(Down::Recorded) => {
-                        taken = true;
+                        sent = Flushed::All;
                         break;
                     }
-                    // The server said no (it does not know the image, say): retrying would not help.
+                    // Trying again now would not help, whether the server is away or said no.
                     Some(Down::Error { .. }) => {
-                        taken = true;
+                        sent = Flushed::Refused;
                         break;
                     }
                     _ => {}
                 }
             }
-            if !taken {
-                return false;
+            if sent != Flushed::All {
+                return sent;
             }
             self.queue.remove(0);
         }
-        true
+        Flushed::All
     }
 
     /// Checks in forever; installs what is offered.
@@ -171,7 +192,8 @@ impl<'a> Updater<'a> {
     /// One round: events, check-in, and what to do about the offer if any.
     #[inline(never)]
     fn round(&mut self) -> Next {
-        if !self.flush() {
+        let flushed = self.flush();
+        if flushed == Flushed::Unanswered {
             return Next::Wait(self.unanswered());
         }
         let Ok(state) = status(&mut self.flash, self.layout) else {
@@ -188,17 +210,26 @@ impl<'a> Updater<'a> {
                 Ok((image, size))
             }
             Some(Down::Error { message }) => {
+                // The gateway could not check in for us (the server is unreachable, say).
                 let mut text: String<96> = String::new();
                 let _ = text.push_str(message.get(..96).unwrap_or(message));
-                self.say(format_args!("fwi demo os: gateway: {text}"));
-                Err(RETRY_MS * 5)
+                self.heard();
+                let wait = self.back_off();
+                self.say(format_args!(
+                    "fwi demo os: gateway: {text}; checking in again in {} s",
+                    wait / 1000
+                ));
+                return Next::Wait(wait);
             }
             Some(_) => Err(RETRY_MS),
         };
-        if self.unheard {
-            self.unheard = false;
-            self.say(format_args!("fwi demo os: the gateway answers"));
+        // The check-in was served: the server answers, so an event it answered with an error
+        // just before was refused, not lost on the way; it is dropped.
+        if flushed == Flushed::Refused && !self.queue.is_empty() {
+            self.queue.remove(0);
         }
+        self.backoff_ms = RETRY_MS;
+        self.heard();
         match offer {
             Err(wait) => Next::Wait(wait),
             Ok((image, _)) if self.refused == Some(image) => Next::Wait(RETRY_MS * 5),
@@ -210,12 +241,34 @@ impl<'a> Updater<'a> {
         }
     }
 
+    /// The pause after a check-in that went unanswered; said the first time.
     fn unanswered(&mut self) -> u32 {
+        let wait = self.back_off();
         if !self.unheard {
             self.unheard = true;
-            self.say(format_args!("fwi demo os: no gateway answers; checking in every 2 s"));
+            self.say(format_args!(
+                "fwi demo os: no gateway answers; checking in again in {} s, then less often (at most every {} s)",
+                wait / 1000,
+                MAX_BACKOFF_MS / 1000
+            ));
         }
-        RETRY_MS
+        wait
+    }
+
+    /// A gateway answered: said once after a silence.
+    fn heard(&mut self) {
+        if self.unheard {
+            self.unheard = false;
+            self.say(format_args!("fwi demo os: the gateway answers"));
+        }
+    }
+
+    /// The pause after a check-in that was not served; the next one is twice as long, up to
+    /// [`MAX_BACKOFF_MS`].
+    fn back_off(&mut self) -> u32 {
+        let wait = self.backoff_ms;
+        self.backoff_ms = wait.saturating_mul(2).min(MAX_BACKOFF_MS);
+        wait
     }
 
     /// Refuses or abandons `image` for this session, and says and reports why. Not inlined,
@@ -284,7 +337,7 @@ impl<'a> Updater<'a> {
         let from = started.resume_from;
         self.say(format_args!("fwi demo os: downloading {image}: {size} bytes from byte {from}"));
         self.report(image, EventKind::Downloading, format_args!("from byte {from}"));
-        self.flush().then_some(from)
+        (self.flush() != Flushed::Unanswered).then_some(from)
     }
 
     /// Fetches the image from `from` on and feeds it to the agent; true once all of it went in.

@@ -1,0 +1,208 @@
+//! The device API: check-ins, offers, downloads and update reports, for one device per token.
+
+use bytes::Bytes;
+use ota_proto::{CheckIn, CheckInResponse, NewEvent, Offer};
+
+use super::{Service, unknown_image};
+use crate::auth;
+use crate::config::Downloads;
+use crate::error::{Failure, FailureKind, Outcome};
+use crate::fleet::Fleet;
+use crate::metrics::Metrics;
+use crate::release::short;
+use crate::rollout;
+use crate::store::{EventRow, ImageId, Mutation, Reported, Timestamp};
+
+/// How long a presigned download URL is good for: long enough for a slow device to fetch an
+/// image in one go; a device that resumes later asks the server again.
+pub const PRESIGNED_FOR: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// Where a device gets an image file.
+#[derive(Clone, Debug)]
+pub enum Download {
+    /// These bytes (served with `Range`).
+    File(Bytes),
+    /// A presigned URL of the object store (which serves `Range` itself).
+    Redirect(String),
+}
+
+/// The offer for device `d`, if any: its environment's current image for its board, while
+/// the rollout offers it to the device's stage, unless it runs it or failed it.
+pub fn offer_for(fleet: &Fleet, d: usize) -> Option<Offer> {
+    let device = &fleet.devices[d];
+    let release = fleet.current(device.row.environment.as_str(), device.row.board.as_str())?;
+    let image = release.row.image_id;
+    if device.running() == Some(image) || device.failed(image) {
+        return None;
+    }
+    if !rollout::offered(release.at(), &release.cutoffs, device.bucket) {
+        return None;
+    }
+    let size = fleet.images.get(&image)?.size;
+    Some(Offer {
+        image_id: image,
+        size,
+        release: ota_proto::HexBytes(release.row.statement.clone()),
+        environment: release.row.environment.clone(),
+        sequence: release.row.sequence,
+        url: format!("{}/device/images/{image}", ota_proto::API_PREFIX),
+    })
+}
+
+impl Service {
+    /// The device behind a device token.
+    pub fn authenticate_device(&self, token: Option<&str>) -> Outcome<usize> {
+        let unauthorized = |m: &str| Failure::new(FailureKind::Unauthorized, "unauthorized", m);
+        let token = token.ok_or_else(|| unauthorized("missing device token"))?;
+        self.fleet()
+            .device_by_token
+            .get(&auth::hash(token))
+            .copied()
+            .ok_or_else(|| unauthorized("unknown device token"))
+    }
+
+    /// A device checks in: records what it runs and answers with an offer or nothing.
+    pub async fn checkin(&self, device: usize, report: CheckIn) -> Outcome<CheckInResponse> {
+        if report.last_outcome.as_ref().is_some_and(|o| o.len() > CheckIn::MAX_OUTCOME) {
+            return Err(Failure::bad(
+                "too_long",
+                format!("last_outcome is at most {} bytes", CheckIn::MAX_OUTCOME),
+            ));
+        }
+        let reported = Reported {
+            confirmed: report.image_id.is_some() && !report.trial,
+            running: report.image_id,
+            slot_b: report.slot_b,
+            last_outcome: report.last_outcome,
+            release_sequence: report.release_sequence,
+        };
+        let change = {
+            let mut fleet = self.fleet();
+            let d = &mut fleet.devices[device];
+            d.row.last_seen = Some(Timestamp::now());
+            d.seen_dirty = true;
+            (d.row.reported != reported)
+                .then(|| Mutation::Report { id: d.row.id.clone(), reported })
+        };
+        if let Some(change) = change {
+            self.journal.commit(vec![change]).await?;
+            self.after_report(device).await;
+        }
+        let offer = offer_for(&self.fleet(), device);
+        Metrics::count(&self.metrics.checkins);
+        if offer.is_some() {
+            Metrics::count(&self.metrics.offers);
+        }
+        Ok(CheckInResponse { offer })
+    }
+
+    /// After a device's report: if it counts in a running rollout, the rollout may move.
+    async fn after_report(&self, device: usize) {
+        let pair = {
+            let fleet = self.fleet();
+            let d = &fleet.devices[device].row;
+            fleet.in_rollout(device).then(|| (d.environment.clone(), d.board.clone()))
+        };
+        if let Some((env, board)) = pair {
+            self.reevaluate(env.as_str(), board.as_str()).await;
+        }
+    }
+
+    /// An image file for a device: only its environment's current image for its board. Where
+    /// downloads are redirected and the store signs URLs, where to fetch it instead.
+    pub async fn device_image(&self, device: usize, image: ImageId) -> Outcome<Download> {
+        {
+            let fleet = self.fleet();
+            let d = &fleet.devices[device];
+            let allowed = fleet
+                .current(d.row.environment.as_str(), d.row.board.as_str())
+                .is_some_and(|r| r.row.image_id == image);
+            if !allowed {
+                return Err(Failure::not_found(
+                    "not_offered",
+                    format!(
+                        "image {} is not released to this device's environment and board",
+                        short(image)
+                    ),
+                ));
+            }
+        }
+        if self.limits.downloads == Downloads::Redirect {
+            let blob = self.fleet().images.get(&image).map(|i| i.file_sha256);
+            if let Some(blob) = blob
+                && let Some(url) = self.blobs.store().presign(&blob, PRESIGNED_FOR).await?
+            {
+                return Ok(Download::Redirect(url));
+            }
+        }
+        Ok(Download::File(self.image_file(image).await?))
+    }
+
+    /// A device reports an update step.
+    pub async fn device_event(&self, device: usize, event: NewEvent) -> Outcome<()> {
+        if event.detail.as_ref().is_some_and(|d| d.len() > NewEvent::MAX_DETAIL) {
+            return Err(Failure::bad(
+                "too_long",
+                format!("detail is at most {} bytes", NewEvent::MAX_DETAIL),
+            ));
+        }
+        let m = {
+            let fleet = self.fleet();
+            // Reports are about images the server stored (and so could have offered): they
+            // feed the promotion gate.
+            if !fleet.images.contains_key(&event.image_id) {
+                return Err(unknown_image(event.image_id));
+            }
+            let d = &fleet.devices[device];
+            // The same step again (the device did not hear that it arrived): recorded once,
+            // but applied again, which is harmless and may now count (say, a confirmation of
+            // an image released since).
+            let repeat = d.last_event == Some((event.image_id, event.kind));
+            Mutation::Event {
+                event: EventRow {
+                    device: d.row.id.clone(),
+                    at: Timestamp::now(),
+                    image_id: event.image_id,
+                    kind: event.kind,
+                    detail: event.detail,
+                },
+                record: !repeat,
+            }
+        };
+        self.journal.commit(vec![m]).await?;
+        self.after_report(device).await;
+        Metrics::count(&self.metrics.events);
+        Ok(())
+    }
+
+    /// Writes last check-in times that changed (a check-in that changes nothing else is not
+    /// worth a commit of its own).
+    pub async fn flush_seen(&self) -> Outcome<usize> {
+        let seen: Vec<_> = {
+            let mut fleet = self.fleet();
+            fleet
+                .devices
+                .iter_mut()
+                .filter(|d| d.seen_dirty)
+                .filter_map(|d| {
+                    d.seen_dirty = false;
+                    Some((d.row.id.clone(), d.row.last_seen?))
+                })
+                .collect()
+        };
+        let n = seen.len();
+        if n > 0
+            && let Err(e) = self.journal.commit(vec![Mutation::Seen(seen.clone())]).await
+        {
+            // Try again next time.
+            let mut fleet = self.fleet();
+            for (id, _) in &seen {
+                if let Some(&i) = fleet.device_by_id.get(id) {
+                    fleet.devices[i].seen_dirty = true;
+                }
+            }
+            return Err(e.into());
+        }
+        Ok(n)
+    }
+}
