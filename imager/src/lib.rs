@@ -5,6 +5,7 @@
 //! - [`input`]: reading firmware inputs (ELF, Intel HEX, raw binary at an address).
 //! - [`fuse`]: turning inputs into one signed image for a board.
 //! - [`verify`]: checking an image file against public keys and its board.
+//! - [`delta`]: patches from one image to the next: made, and applied by the device's code.
 //! - [`plan`], [`factory`]: what a board's flash must hold to start an image, and that as one
 //!   programming file (Intel HEX, binary, ELF).
 //! - [`client`]: the ota-server client commands (`push`, `release`, `promote`, `status`, ...).
@@ -19,6 +20,7 @@ pub mod chip;
 pub mod cli;
 pub mod client;
 pub mod console;
+pub mod delta;
 pub mod factory;
 pub mod fuse;
 pub mod gateway;

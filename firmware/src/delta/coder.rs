@@ -13,12 +13,13 @@
 const PROB_BITS: u32 = 11;
 /// A probability of one half.
 const PROB_HALF: u16 = 1 << (PROB_BITS - 1);
-/// Adaptation speed: each coded bit moves its probability by 1/32 of the distance to certainty.
-const MOVE_BITS: u32 = 5;
+/// Adaptation speed: each coded bit moves its probability by 1/16 of the distance to certainty
+/// (segments are short: fast learning beats precision here, measured on the fixtures' pairs).
+const MOVE_BITS: u32 = 4;
 /// The range is renormalized (a byte shifted in or out) when it falls below this.
 const TOP: u32 = 1 << 24;
 
-/// The three ops of a segment's stream.
+/// The four ops of a segment's stream.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum OpKind {
     /// Copy source bytes unchanged.
@@ -27,6 +28,8 @@ pub enum OpKind {
     Add = 1,
     /// Insert coded bytes.
     Insert = 2,
+    /// Repeat bytes of the target rebuilt earlier in the same component, `distance` back.
+    Repeat = 3,
 }
 
 /// One op's header: what it does, from where, how many bytes.
@@ -34,24 +37,39 @@ pub enum OpKind {
 pub struct OpHeader {
     /// The op.
     pub kind: OpKind,
-    /// Source cursor movement before a copy or add (0 for an insert).
+    /// Source cursor movement before a copy or add (0 otherwise).
     pub seek: i64,
+    /// How far back a repeat reads (0 otherwise).
+    pub distance: u32,
     /// Bytes the op produces, at least 1.
     pub len: u32,
 }
 
+/// What the op coder remembers within a segment: the previous op's kind and the last repeat's
+/// distance (a repeat at the same distance costs one bit).
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub struct OpContext {
+    previous: Option<OpKind>,
+    distance: u32,
+}
+
 // Where each part of the model starts, in probabilities. Sizes are in the comments.
-const KIND: usize = 0; // 3 previous kinds (or none) x 2 bits: 8
-const SEEK_ZERO: usize = KIND + 8; // per kind (copy, add): 2
+const KIND: usize = 0; // 4 previous kinds (or none) x a 2-bit tree: 5 x 4
+const SEEK_ZERO: usize = KIND + 20; // per kind (copy, add): 2
 const SEEK_SIGN: usize = SEEK_ZERO + 2; // 1
 const SEEK_BITS: usize = SEEK_SIGN + 1; // bit length of |seek| - 1, 5-bit tree: 32
-const LEN_BITS: usize = SEEK_BITS + 32; // per kind, bit length of len - 1, 5-bit tree: 3 x 32
+const SAME_DISTANCE: usize = SEEK_BITS + 32; // 1
+// A repeat's distance: its bit length less one in the seeks' tree (both say how far).
+const DISTANCE_BITS: usize = SEEK_BITS;
+// Bit length of len - 1, 5-bit trees: copies and adds share one, inserts, repeats: 3 x 32.
+const LEN_BITS: usize = SAME_DISTANCE + 1;
 const DIFF_ZERO: usize = LEN_BITS + 3 * 32; // previous diff zero? x offset mod 4: 8
 const DIFF_REPEAT: usize = DIFF_ZERO + 8; // same as the last non-zero diff at this offset mod 4: 4
 const DIFF_SIGN: usize = DIFF_REPEAT + 4; // 1
 const DIFF_BITS: usize = DIFF_SIGN + 1; // bit length of |diff| - 1, 3-bit tree: 8
-const LIT_HIGH: usize = DIFF_BITS + 8; // high nibble, per offset parity, 4-bit tree: 2 x 16
-const LIT_LOW: usize = LIT_HIGH + 2 * 16; // low nibble, per high nibble, 4-bit tree: 16 x 16
+// High nibble, per offset parity and previous byte's top bit, 4-bit tree: 4 x 16.
+const LIT_HIGH: usize = DIFF_BITS + 8;
+const LIT_LOW: usize = LIT_HIGH + 4 * 16; // low nibble, per high nibble, 4-bit tree: 16 x 16
 /// Probabilities in the model.
 pub const MODEL_PROBS: usize = LIT_LOW + 16 * 16;
 /// Bytes of RAM the model takes (two per probability).
@@ -80,8 +98,10 @@ impl<'m> Model<'m> {
 
     fn get(&self, index: usize) -> u16 {
         match self.bytes.get(2 * index..2 * index + 2) {
-            // Always in range when the coder wrote it; kept so even if the RAM was not.
-            Some(&[lo, hi]) => u16::from_le_bytes([lo, hi]).clamp(1, (1 << PROB_BITS) - 1),
+            // Adapting by 1/16 keeps a probability in 15..=2033, which keeps the range at or
+            // above 2^16 after any bit (so one input byte renormalizes it, see MAX_OP_BYTES);
+            // clamped so even if the RAM was written by someone else.
+            Some(&[lo, hi]) => u16::from_le_bytes([lo, hi]).clamp(15, 2033),
             _ => PROB_HALF,
         }
     }
@@ -151,31 +171,50 @@ fn number<C: BitCoder>(
     Ok((1u64 << bits) | (low & ((1u64 << bits) - 1)))
 }
 
-/// Codes one op header. `previous` is the kind of the op before it in the segment (`None` at
-/// the segment's start). The decoder gets any `len` in 1..2^32 and any seek of magnitude
-/// below 2^32 back: checking them against the segment and the source is the caller's job.
+/// Codes one op header in the segment's context `ctx` (updated). The decoder gets any `len` in
+/// 1..2^32, any seek of magnitude below 2^32 and any distance in 1..2^32 back: checking them
+/// against the segment, the source and what was rebuilt is the caller's job.
 pub fn code_op<C: BitCoder>(
     c: &mut C,
     m: &mut Model<'_>,
-    previous: Option<OpKind>,
+    ctx: &mut OpContext,
     op: OpHeader,
 ) -> Result<OpHeader, C::Error> {
-    let ctx = KIND + 2 * previous.map_or(3, |k| k as usize);
-    let kind = if !c.bit(m, ctx, op.kind != OpKind::Copy)? {
-        OpKind::Copy
-    } else if !c.bit(m, ctx + 1, op.kind == OpKind::Insert)? {
-        OpKind::Add
-    } else {
-        OpKind::Insert
+    let base = KIND + 4 * ctx.previous.map_or(4, |k| k as usize);
+    let kind = match tree(c, m, base, 2, op.kind as u32)? {
+        0 => OpKind::Copy,
+        1 => OpKind::Add,
+        2 => OpKind::Insert,
+        _ => OpKind::Repeat,
     };
+    ctx.previous = Some(kind);
     let mut seek = 0i64;
-    if kind != OpKind::Insert && c.bit(m, SEEK_ZERO + kind as usize, op.seek != 0)? {
-        let negative = c.bit(m, SEEK_SIGN, op.seek < 0)?;
-        let magnitude = number(c, m, SEEK_BITS, op.seek.unsigned_abs())? as i64;
-        seek = if negative { -magnitude } else { magnitude };
+    let mut distance = 0;
+    match kind {
+        OpKind::Copy | OpKind::Add => {
+            if c.bit(m, SEEK_ZERO + kind as usize, op.seek != 0)? {
+                let negative = c.bit(m, SEEK_SIGN, op.seek < 0)?;
+                let magnitude = number(c, m, SEEK_BITS, op.seek.unsigned_abs())? as i64;
+                seek = if negative { -magnitude } else { magnitude };
+            }
+        }
+        OpKind::Repeat => {
+            distance = if c.bit(m, SAME_DISTANCE, op.distance != ctx.distance)? {
+                number(c, m, DISTANCE_BITS, u64::from(op.distance))? as u32
+            } else {
+                ctx.distance
+            };
+            ctx.distance = distance;
+        }
+        OpKind::Insert => {}
     }
-    let len = number(c, m, LEN_BITS + 32 * kind as usize, u64::from(op.len))? as u32;
-    Ok(OpHeader { kind, seek, len })
+    let tree = match kind {
+        OpKind::Copy | OpKind::Add => 0,
+        OpKind::Insert => 1,
+        OpKind::Repeat => 2,
+    };
+    let len = number(c, m, LEN_BITS + 32 * tree, u64::from(op.len))? as u32;
+    Ok(OpHeader { kind, seek, distance, len })
 }
 
 /// Per-segment context of the diff coder: the last non-zero difference at each offset mod 4
@@ -222,23 +261,27 @@ fn number3<C: BitCoder>(c: &mut C, m: &mut Model<'_>, value: u32) -> Result<u32,
     Ok((1 << bits) | (low & ((1 << bits) - 1)))
 }
 
-/// Codes the inserted byte `byte` at installed offset `at`: high nibble in a tree chosen by the
-/// offset's parity (a Thumb halfword's high byte holds the opcode), low nibble in a tree chosen
-/// by the high nibble.
+/// Codes the inserted byte `byte` at installed offset `at`, after the byte `previous` (0 at a
+/// segment's start): its high nibble in a tree chosen by the offset's parity (a Thumb
+/// halfword's high byte holds the opcode) and the previous byte's top bit, its low nibble in a
+/// tree chosen by the high nibble.
 pub fn code_literal<C: BitCoder>(
     c: &mut C,
     m: &mut Model<'_>,
     at: u32,
+    previous: u8,
     byte: u8,
 ) -> Result<u8, C::Error> {
-    let high = tree(c, m, LIT_HIGH + 16 * (at & 1) as usize, 4, u32::from(byte >> 4))?;
+    let ctx = (at & 1) as usize | usize::from(previous >> 7) << 1;
+    let high = tree(c, m, LIT_HIGH + 16 * ctx, 4, u32::from(byte >> 4))?;
     let low = tree(c, m, LIT_LOW + 16 * high as usize, 4, u32::from(byte & 15))?;
     Ok(((high << 4) | low) as u8)
 }
 
 /// Most input bytes one op header can take: one per coded bit at most (the range never falls
 /// below 2^16 after a bit, so one byte renormalizes it), and a header codes at most 2 kind
-/// bits, 2 seek flags, 5 + 31 seek bits and 5 + 31 length bits.
+/// bits, 2 seek flags (or a distance flag), 5 + 31 seek (or distance) bits and 5 + 31 length
+/// bits.
 pub const MAX_OP_BYTES: usize = 76;
 /// Most input bytes one difference or literal can take (1 + 1 + 1 + 3 + 7 bits).
 pub const MAX_BYTE_BYTES: usize = 13;
@@ -441,24 +484,34 @@ mod tests {
             m.reset();
             let mut enc = RangeEncoder::default();
             let mut ops = Vec::new();
-            let mut previous = None;
+            let mut op_ctx = OpContext::default();
             let mut ctx = DiffContext::default();
+            let mut last_distance = 0;
             for i in 0..(round * 7 + 1) {
                 let r = rng.next_u64();
-                let kind = [OpKind::Copy, OpKind::Add, OpKind::Insert][(r % 3) as usize];
-                let seek = if kind == OpKind::Insert || r & 8 == 0 {
+                let kind =
+                    [OpKind::Copy, OpKind::Add, OpKind::Insert, OpKind::Repeat][(r % 4) as usize];
+                let source = matches!(kind, OpKind::Copy | OpKind::Add);
+                let seek = if !source || r & 8 == 0 {
                     0
                 } else {
                     ((r >> 8) as i64 % (1 << (r % 33))) * if r & 16 == 0 { 1 } else { -1 }
                 };
+                let distance = match kind {
+                    OpKind::Repeat if r & 64 == 0 => last_distance,
+                    OpKind::Repeat => ((r >> 24) as u32 >> (r % 31)).max(1),
+                    _ => 0,
+                };
+                if kind == OpKind::Repeat {
+                    last_distance = distance;
+                }
                 let len = ((r >> 20) as u32 >> (r % 32)).max(1);
-                let op = OpHeader { kind, seek, len };
-                code_op(&mut enc, &mut m, previous, op).unwrap();
-                previous = Some(kind);
+                let op = OpHeader { kind, seek, distance, len };
+                code_op(&mut enc, &mut m, &mut op_ctx, op).unwrap();
                 let diff = (r >> 40) as u8 & if r & 32 == 0 { 0 } else { 0xFF };
                 code_diff(&mut enc, &mut m, &mut ctx, i, diff).unwrap();
                 let byte = (r >> 48) as u8;
-                code_literal(&mut enc, &mut m, i, byte).unwrap();
+                code_literal(&mut enc, &mut m, i, i as u8, byte).unwrap();
                 ops.push((op, diff, byte));
             }
             let bytes = enc.finish();
@@ -468,14 +521,13 @@ mod tests {
             let mut input = Bytes(&bytes, 0);
             let state = RangeDecoder::start(&mut &mut input).unwrap();
             let mut dec = RangeDecoder::resume(state, &mut input);
-            let mut previous = None;
+            let mut op_ctx = OpContext::default();
             let mut ctx = DiffContext::default();
-            let blank = OpHeader { kind: OpKind::Copy, seek: 0, len: 1 };
+            let blank = OpHeader { kind: OpKind::Copy, seek: 0, distance: 0, len: 1 };
             for (i, (op, diff, byte)) in ops.iter().enumerate() {
-                assert_eq!(code_op(&mut dec, &mut m, previous, blank).unwrap(), *op);
-                previous = Some(op.kind);
+                assert_eq!(code_op(&mut dec, &mut m, &mut op_ctx, blank).unwrap(), *op);
                 assert_eq!(code_diff(&mut dec, &mut m, &mut ctx, i as u32, 0).unwrap(), *diff);
-                assert_eq!(code_literal(&mut dec, &mut m, i as u32, 0).unwrap(), *byte);
+                assert_eq!(code_literal(&mut dec, &mut m, i as u32, i as u8, 0).unwrap(), *byte);
             }
             let state = dec.state();
             assert!(RangeDecoder::<&mut Bytes>::at_clean_end(state), "round {round}");

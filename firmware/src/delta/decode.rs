@@ -7,8 +7,8 @@
 //! that got there stopped.
 
 use super::coder::{
-    ByteSource, DiffContext, MAX_BYTE_BYTES, MAX_OP_BYTES, Model, OpHeader, OpKind, RangeDecoder,
-    START_BYTES, code_diff, code_literal, code_op,
+    ByteSource, DiffContext, MAX_BYTE_BYTES, MAX_OP_BYTES, Model, OpContext, OpHeader, OpKind,
+    RangeDecoder, START_BYTES, code_diff, code_literal, code_op,
 };
 use super::format::{BodyLayout, crc_update, crc_value};
 
@@ -58,6 +58,19 @@ pub enum BodyError {
         /// Where the segment ends.
         at: u32,
     },
+    /// A repeat reaches back before the component's start (or not back at all).
+    #[error(
+        "an op at installed offset {at:#x} repeats bytes {distance} back, before its component \
+         (which starts at {start:#x})"
+    )]
+    RepeatOutside {
+        /// Where the op starts.
+        at: u32,
+        /// How far back it reads.
+        distance: u32,
+        /// Where the component starts.
+        start: u32,
+    },
     /// Body bytes remain after the last segment of the last component.
     #[error("{extra} patch body bytes after the last segment")]
     TrailingBytes {
@@ -72,6 +85,15 @@ pub enum BodyError {
         /// CRC of the body.
         actual: u32,
     },
+}
+
+/// Which image a decoder reads from.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Image {
+    /// The source: slot A.
+    Source,
+    /// The target rebuilt so far: slot B (what the caller has written of it).
+    Target,
 }
 
 /// Why [`BodyDecoder::step`] stopped.
@@ -130,6 +152,8 @@ impl Queue {
 struct Running {
     kind: OpKind,
     remaining: u32,
+    /// How far back a repeat reads.
+    distance: u32,
 }
 
 /// A segment being decoded: its range decoder's state, the op under way, the source cursor.
@@ -138,8 +162,10 @@ struct Segment {
     end: u32,
     rc: (u32, u32),
     op: Option<Running>,
-    previous: Option<OpKind>,
+    ops: OpContext,
     cursor: u32,
+    /// The segment's last byte produced (0 before its first): inserted bytes' context.
+    last: u8,
     diff: DiffContext,
 }
 
@@ -153,6 +179,8 @@ pub struct BodyDecoder {
     fed: u32,
     /// Installed offset of the next byte to produce.
     position: u32,
+    /// Start of the component being decoded: repeats read no further back.
+    start: u32,
     /// End of the component being decoded.
     end: u32,
     segment: Option<Segment>,
@@ -168,6 +196,7 @@ impl BodyDecoder {
             queue: Queue { buf: [0; QUEUE], head: 0, len: 0, crc },
             fed: consumed,
             position: 0,
+            start: 0,
             end: 0,
             segment: None,
         }
@@ -176,7 +205,8 @@ impl BodyDecoder {
     /// Starts (or, after a reset, continues) the component at installed offsets
     /// `[start, end)` at installed offset `at`, which must start a segment: the component's
     /// start or a block boundary inside it.
-    pub fn start_component(&mut self, at: u32, end: u32) {
+    pub fn start_component(&mut self, start: u32, at: u32, end: u32) {
+        self.start = start;
         self.position = at;
         self.end = end;
         self.segment = None;
@@ -221,19 +251,22 @@ impl BodyDecoder {
     }
 
     /// Decodes from `input` (at most the body bytes still expected are taken) into `out`,
-    /// reading source bytes with `source(installed_offset, buf)`. Returns (taken, produced):
-    /// the produced bytes belong at [`Self::position`] as it was before the call. Stops at the
-    /// end of a segment (so the caller may checkpoint) and when `out` is full; (0, 0) means it
-    /// needs more input or the component is complete.
+    /// reading with `read(image, installed_offset, buf)`: the source at any offset the source
+    /// range allows, the target only below the position of the call's first output byte (what
+    /// the caller wrote before). Returns (taken, produced): the produced bytes belong at
+    /// [`Self::position`] as it was before the call. Stops at the end of a segment (so the
+    /// caller may checkpoint) and when `out` is full; (0, 0) means it needs more input or the
+    /// component is complete.
     pub fn step<E>(
         &mut self,
         model: &mut Model<'_>,
         input: &[u8],
         out: &mut [u8],
-        source: &mut impl FnMut(u32, &mut [u8]) -> Result<(), E>,
+        read: &mut impl FnMut(Image, u32, &mut [u8]) -> Result<(), E>,
     ) -> Result<(usize, usize), StepError<E>> {
         let mut taken = 0;
         let mut produced = 0;
+        let first = self.position;
         loop {
             let want = (self.layout.body_len - self.fed) as usize;
             let rest = input.get(taken..).unwrap_or_default();
@@ -254,8 +287,9 @@ impl BodyDecoder {
                     end: self.layout.next_block(self.position).min(self.end),
                     rc,
                     op: None,
-                    previous: None,
+                    ops: OpContext::default(),
                     cursor: self.position,
+                    last: 0,
                     diff: DiffContext::default(),
                 });
                 continue;
@@ -268,13 +302,22 @@ impl BodyDecoder {
                     0
                 }
                 Some(_) if room == 0 => return Ok((taken, produced)),
-                Some(Running { kind: OpKind::Copy, remaining }) => {
+                Some(Running { kind: OpKind::Copy, remaining, .. }) => {
                     let n = remaining.min(room as u32) as usize;
                     let buf = out.get_mut(produced..produced + n).unwrap_or_default();
-                    source(segment.cursor, buf).map_err(StepError::Source)?;
+                    read(Image::Source, segment.cursor, buf).map_err(StepError::Source)?;
                     n
                 }
-                Some(Running { kind, remaining }) => {
+                Some(Running { kind: OpKind::Repeat, remaining, distance }) => {
+                    // At most `distance` at a time: every byte read is rebuilt already.
+                    let n = remaining.min(room as u32).min(distance) as usize;
+                    let from = self.position - distance;
+                    let (done, rest) = out.split_at_mut(produced);
+                    let buf = rest.get_mut(..n).unwrap_or_default();
+                    repeat(first, from, done, buf, read).map_err(StepError::Source)?;
+                    n
+                }
+                Some(Running { kind, remaining, .. }) => {
                     let per_byte = if kind == OpKind::Add { MAX_BYTE_BYTES } else { 8 };
                     let ready = if all_in { room } else { queued / per_byte };
                     // In small batches: the source is read once per batch.
@@ -284,9 +327,10 @@ impl BodyDecoder {
                     }
                     let buf = out.get_mut(produced..produced + n).unwrap_or_default();
                     if kind == OpKind::Add {
-                        source(segment.cursor, buf).map_err(StepError::Source)?;
+                        read(Image::Source, segment.cursor, buf).map_err(StepError::Source)?;
                     }
                     let mut rc = RangeDecoder::resume(segment.rc, &mut self.queue);
+                    let mut previous = segment.last;
                     for (i, byte) in buf.iter_mut().enumerate() {
                         let at = self.position + i as u32;
                         *byte = match kind {
@@ -294,9 +338,10 @@ impl BodyDecoder {
                                 code_diff(&mut rc, model, &mut segment.diff, at, 0)
                                     .map_err(|_| BodyError::Truncated { at })?,
                             ),
-                            _ => code_literal(&mut rc, model, at, 0)
+                            _ => code_literal(&mut rc, model, at, previous, 0)
                                 .map_err(|_| BodyError::Truncated { at })?,
                         };
+                        previous = *byte;
                     }
                     segment.rc = rc.state();
                     n
@@ -304,12 +349,15 @@ impl BodyDecoder {
             };
             if let Some(op) = &mut segment.op {
                 op.remaining -= n as u32;
-                if op.kind != OpKind::Insert {
+                if matches!(op.kind, OpKind::Copy | OpKind::Add) {
                     segment.cursor += n as u32;
                 }
                 if op.remaining == 0 {
                     segment.op = None;
                 }
+            }
+            if let Some(&last) = out.get((produced + n).wrapping_sub(1)).filter(|_| n > 0) {
+                segment.last = last;
             }
             self.position += n as u32;
             produced += n;
@@ -330,16 +378,18 @@ impl BodyDecoder {
     fn next_op(&mut self, model: &mut Model<'_>, segment: &mut Segment) -> Result<(), BodyError> {
         let at = self.position;
         let mut rc = RangeDecoder::resume(segment.rc, &mut self.queue);
-        let blank = OpHeader { kind: OpKind::Copy, seek: 0, len: 1 };
-        let op = code_op(&mut rc, model, segment.previous, blank)
+        let blank = OpHeader { kind: OpKind::Copy, seek: 0, distance: 0, len: 1 };
+        let op = code_op(&mut rc, model, &mut segment.ops, blank)
             .map_err(|_| BodyError::Truncated { at })?;
         segment.rc = rc.state();
-        segment.previous = Some(op.kind);
         let room = segment.end - at;
         if op.len > room {
             return Err(BodyError::OpTooLong { at, len: op.len, room });
         }
-        if op.kind != OpKind::Insert {
+        if op.kind == OpKind::Repeat && (op.distance == 0 || op.distance > at - self.start) {
+            return Err(BodyError::RepeatOutside { at, distance: op.distance, start: self.start });
+        }
+        if matches!(op.kind, OpKind::Copy | OpKind::Add) {
             let from = i64::from(segment.cursor) + op.seek;
             let (start, end) = (self.layout.source_start, self.layout.source_end);
             if from < i64::from(start) || from + i64::from(op.len) > i64::from(end) {
@@ -347,7 +397,30 @@ impl BodyDecoder {
             }
             segment.cursor = from as u32;
         }
-        segment.op = Some(Running { kind: op.kind, remaining: op.len });
+        segment.op = Some(Running { kind: op.kind, remaining: op.len, distance: op.distance });
         Ok(())
     }
+}
+
+/// Fills `buf` with the target's bytes from installed offset `from` on (all before the byte
+/// `buf` is for): those the call produced already (`done`, which starts at `first`) from there,
+/// the rest through `read`.
+fn repeat<E>(
+    first: u32,
+    from: u32,
+    done: &[u8],
+    buf: &mut [u8],
+    read: &mut impl FnMut(Image, u32, &mut [u8]) -> Result<(), E>,
+) -> Result<(), E> {
+    let before = (first.saturating_sub(from) as usize).min(buf.len());
+    let (earlier, recent) = buf.split_at_mut(before);
+    if !earlier.is_empty() {
+        read(Image::Target, from, earlier)?;
+    }
+    let at = from.saturating_sub(first) as usize;
+    let recent_len = recent.len();
+    if let Some(bytes) = done.get(at..at + recent_len) {
+        recent.copy_from_slice(bytes);
+    }
+    Ok(())
 }

@@ -7,7 +7,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use super::coder::{
-    DiffContext, Model, OpHeader, OpKind, RangeEncoder, code_diff, code_literal, code_op,
+    DiffContext, Model, OpContext, OpHeader, OpKind, RangeEncoder, code_diff, code_literal, code_op,
 };
 use super::format::{
     BodyLayout, CRC_START, MAX_BLOCK_SHIFT, MIN_BLOCK_SHIFT, PatchPrefix, crc_update, crc_value,
@@ -25,7 +25,7 @@ pub struct PatchOptions {
 
 impl Default for PatchOptions {
     fn default() -> Self {
-        PatchOptions { block_shift: 12 }
+        PatchOptions { block_shift: 14 }
     }
 }
 
@@ -115,6 +115,8 @@ enum Piece {
     Match { at: u32, len: u32, from: u32 },
     /// Target bytes `[at, at + len)` are inserted.
     Insert { at: u32, len: u32 },
+    /// Target bytes `[at, at + len)` repeat those `distance` bytes before them.
+    Repeat { at: u32, len: u32, distance: u32 },
 }
 
 /// Shortest exact match worth a seek.
@@ -123,6 +125,10 @@ const MIN_MATCH: usize = 8;
 const MIN_CONTINUATION: usize = 4;
 /// Longest comparison while searching (matches are then extended directly).
 const MAX_COMPARE: usize = 4096;
+/// Shortest repeat of the target's own bytes worth an op.
+const MIN_REPEAT: usize = 4;
+/// Candidates a repeat search looks at, newest first.
+const REPEAT_DEPTH: usize = 64;
 /// Zero differences in a row that make a copy of their own inside a match.
 const COPY_RUN: usize = 24;
 
@@ -176,6 +182,7 @@ impl<'a> Matcher<'a> {
     /// The pieces of target component `new`, installed at `start`.
     fn ops(&self, new: &[u8], start: u32) -> Vec<Piece> {
         let mut pieces = Vec::new();
+        let mut repeats = Repeats::new(new);
         // Source index minus target index of the last match: code that did not move keeps it.
         let mut delta = i64::from(start) - i64::from(self.base);
         let mut literal_start = 0usize;
@@ -187,11 +194,46 @@ impl<'a> Matcher<'a> {
                 source_at(i, delta).map_or(0, |from| self.common(from, rest, MAX_COMPARE));
             let (found, len) =
                 if continuation >= MAX_COMPARE { (0, 0) } else { self.longest(rest) };
-            if len >= MIN_MATCH && len > continuation + 8 {
-                delta = found as i64 - i as i64;
-            } else if continuation < MIN_CONTINUATION {
+            let source_len = if len >= MIN_MATCH && len > continuation + 8 {
+                len
+            } else if continuation >= MIN_CONTINUATION {
+                continuation
+            } else {
+                0
+            };
+            let (distance, repeat_len) = repeats.longest(i);
+            if repeat_len >= MIN_REPEAT && source_len == 0 {
+                // Lazily: a longer repeat one byte on is worth a literal here.
+                repeats.add_until(i + 1);
+                if repeats.longest(i + 1).1 > repeat_len + 1 {
+                    i += 1;
+                    continue;
+                }
+            }
+            if repeat_len >= MIN_REPEAT && repeat_len + 2 > source_len {
+                if i > literal_start {
+                    pieces.push(Piece::Insert {
+                        at: start + literal_start as u32,
+                        len: (i - literal_start) as u32,
+                    });
+                }
+                pieces.push(Piece::Repeat {
+                    at: start + i as u32,
+                    len: repeat_len as u32,
+                    distance: distance as u32,
+                });
+                repeats.add_until(i + repeat_len);
+                i += repeat_len;
+                literal_start = i;
+                continue;
+            }
+            if source_len == 0 {
+                repeats.add_until(i + 1);
                 i += 1;
                 continue;
+            }
+            if source_len != continuation {
+                delta = found as i64 - i as i64;
             }
             // Grow the match backwards over the literals before it.
             while i > literal_start
@@ -211,6 +253,7 @@ impl<'a> Matcher<'a> {
             let from = (i as i64 + delta) as u32 + self.base;
             pieces.push(Piece::Match { at: start + i as u32, len: len as u32, from });
             i += len;
+            repeats.add_until(i);
             literal_start = i;
         }
         if literal_start < new.len() {
@@ -244,6 +287,60 @@ impl<'a> Matcher<'a> {
     }
 }
 
+/// Earlier positions of the target component, by the 4 bytes starting there: where a repeat
+/// can come from.
+struct Repeats<'a> {
+    new: &'a [u8],
+    /// Newest position per hash, plus one (0: none).
+    head: Vec<u32>,
+    /// The previous position with the same hash, plus one, per position.
+    chain: Vec<u32>,
+    /// Positions below this are in the chains.
+    added: usize,
+}
+
+impl<'a> Repeats<'a> {
+    const HASH_BITS: u32 = 16;
+
+    fn new(new: &'a [u8]) -> Self {
+        Repeats { new, head: vec![0; 1 << Self::HASH_BITS], chain: vec![0; new.len()], added: 0 }
+    }
+
+    fn hash(&self, at: usize) -> Option<usize> {
+        let b = self.new.get(at..at + MIN_REPEAT)?;
+        let word = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        Some((word.wrapping_mul(0x9E37_79B1) >> (32 - Self::HASH_BITS)) as usize)
+    }
+
+    /// Adds the positions below `end`.
+    fn add_until(&mut self, end: usize) {
+        while self.added < end.min(self.new.len()) {
+            if let Some(h) = self.hash(self.added) {
+                self.chain[self.added] = self.head[h];
+                self.head[h] = self.added as u32 + 1;
+            }
+            self.added += 1;
+        }
+    }
+
+    /// The longest repeat for position `at` from the positions added: (distance, length).
+    fn longest(&self, at: usize) -> (usize, usize) {
+        let Some(h) = self.hash(at) else { return (0, 0) };
+        let rest = &self.new[at..];
+        let mut best = (0, 0);
+        let mut candidate = self.head[h];
+        for _ in 0..REPEAT_DEPTH {
+            let Some(from) = (candidate as usize).checked_sub(1) else { break };
+            let len = self.new[from..].iter().zip(rest).take_while(|(a, b)| a == b).count();
+            if len > best.1 {
+                best = (at - from, len);
+            }
+            candidate = self.chain[from];
+        }
+        best
+    }
+}
+
 /// Range-codes component `new` (installed at `start`) from its pieces, a segment per block.
 fn encode_component(
     pieces: &[Piece],
@@ -266,13 +363,15 @@ fn encode_component(
         let mut segment = SegmentEncoder {
             rc: &mut rc,
             model: &mut model,
-            previous: None,
+            ops: OpContext::default(),
             cursor: segment_start,
             diff: DiffContext::default(),
         };
         while let Some(piece) = carried.take().or_else(|| pieces.next()) {
             let (at, len) = match piece {
-                Piece::Match { at, len, .. } | Piece::Insert { at, len } => (at, len),
+                Piece::Match { at, len, .. }
+                | Piece::Insert { at, len }
+                | Piece::Repeat { at, len, .. } => (at, len),
             };
             // The part inside this segment; the rest carries over to the next one.
             let here = len.min(segment_end - at);
@@ -282,11 +381,21 @@ fn encode_component(
                         Piece::Match { at: at + here, len: len - here, from: from + here }
                     }
                     Piece::Insert { .. } => Piece::Insert { at: at + here, len: len - here },
+                    Piece::Repeat { distance, .. } => {
+                        Piece::Repeat { at: at + here, len: len - here, distance }
+                    }
                 });
             }
             let bytes = &new[(at - start) as usize..(at - start + here) as usize];
             match piece {
-                Piece::Insert { .. } => segment.insert(at, bytes),
+                Piece::Insert { .. } => {
+                    let previous = match at.checked_sub(1) {
+                        Some(p) if at > segment_start => new[(p - start) as usize],
+                        _ => 0,
+                    };
+                    segment.insert(at, previous, bytes)
+                }
+                Piece::Repeat { distance, .. } => segment.op(OpKind::Repeat, distance, here),
                 Piece::Match { from, .. } => {
                     let old = &matcher.old[(from - matcher.base) as usize..][..bytes.len()];
                     segment.matched(at, from, old, bytes);
@@ -305,27 +414,31 @@ fn encode_component(
 struct SegmentEncoder<'e, 'm> {
     rc: &'e mut RangeEncoder,
     model: &'e mut Model<'m>,
-    previous: Option<OpKind>,
+    ops: OpContext,
     cursor: u32,
     diff: DiffContext,
 }
 
 impl SegmentEncoder<'_, '_> {
+    /// Codes an op: `from` is the source offset of a copy or add, the distance of a repeat.
     fn op(&mut self, kind: OpKind, from: u32, len: u32) {
-        let seek =
-            if kind == OpKind::Insert { 0 } else { i64::from(from) - i64::from(self.cursor) };
-        let op = OpHeader { kind, seek, len };
-        let Ok(_) = code_op(self.rc, self.model, self.previous, op);
-        self.previous = Some(kind);
-        if kind != OpKind::Insert {
+        let source = matches!(kind, OpKind::Copy | OpKind::Add);
+        let seek = if source { i64::from(from) - i64::from(self.cursor) } else { 0 };
+        let distance = if kind == OpKind::Repeat { from } else { 0 };
+        let op = OpHeader { kind, seek, distance, len };
+        let Ok(_) = code_op(self.rc, self.model, &mut self.ops, op);
+        if source {
             self.cursor = from + len;
         }
     }
 
-    fn insert(&mut self, at: u32, bytes: &[u8]) {
+    /// Inserts `bytes` at `at`, after the byte `previous` (0 at the segment's start).
+    fn insert(&mut self, at: u32, previous: u8, bytes: &[u8]) {
         self.op(OpKind::Insert, 0, bytes.len() as u32);
+        let mut previous = previous;
         for (i, &byte) in bytes.iter().enumerate() {
-            let Ok(_) = code_literal(self.rc, self.model, at + i as u32, byte);
+            let Ok(_) = code_literal(self.rc, self.model, at + i as u32, previous, byte);
+            previous = byte;
         }
     }
 

@@ -20,15 +20,19 @@ mod decode;
 #[cfg(feature = "std")]
 mod encode;
 mod format;
+#[cfg(feature = "std")]
+mod summary;
 
 pub use coder::{MODEL_BYTES, Model};
-pub use decode::{BodyDecoder, BodyError, StepError};
+pub use decode::{BodyDecoder, BodyError, Image, StepError};
 #[cfg(feature = "std")]
 pub use encode::{EncodedPatch, PatchBuildError, PatchOptions, create_patch};
 pub use format::{
     BodyLayout, CRC_START, MAX_BLOCK_SHIFT, MIN_BLOCK_SHIFT, PATCH_MAGIC, PATCH_VERSION,
     PatchError, PatchPrefix, crc_update, crc_value,
 };
+#[cfg(feature = "std")]
+pub use summary::{PatchComponent, PatchSummary, SummaryError};
 
 use crate::image::Manifest;
 
@@ -118,27 +122,30 @@ pub fn apply_installed(
     let mut model = Model::new(&mut model_bytes).ok_or(BodyError::Truncated { at: 0 })?;
     let mut decoder = BodyDecoder::new(layout, 0, CRC_START);
     let mut fed = 0;
-    // Copies stay inside `source_range`, which the source's own header gave.
-    let mut read = |at: u32, buf: &mut [u8]| match source.get(at as usize..at as usize + buf.len())
-    {
-        Some(bytes) => {
-            buf.copy_from_slice(bytes);
-            Ok(())
-        }
-        None => Err(BodyError::SourceOutside {
-            at,
-            from: at.into(),
-            len: buf.len() as u32,
-            start: source_start,
-            end: source_end,
-        }),
-    };
     for component in new.manifest().components() {
         let start = component.load_address() - slot_start;
-        decoder.start_component(start, start + component.size());
+        decoder.start_component(start, start, start + component.size());
         let mut buf = [0u8; 256];
         while !decoder.component_done() {
             let at = decoder.position() as usize;
+            // Copies stay inside `source_range`, which the source's own header gave; repeats
+            // inside what was rebuilt.
+            let mut read = |image, from: u32, buf: &mut [u8]| {
+                let range = from as usize..from as usize + buf.len();
+                let bytes = match image {
+                    Image::Source => source.get(range),
+                    Image::Target => out.get(range),
+                };
+                let outside = BodyError::SourceOutside {
+                    at: at as u32,
+                    from: from.into(),
+                    len: buf.len() as u32,
+                    start: source_start,
+                    end: source_end,
+                };
+                buf.copy_from_slice(bytes.ok_or(outside)?);
+                Ok(())
+            };
             let (taken, produced) = decoder
                 .step(&mut model, &body[fed..], &mut buf, &mut read)
                 .map_err(|e| match e {

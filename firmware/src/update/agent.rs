@@ -14,8 +14,8 @@ use sha2::{Digest, Sha256};
 
 use super::writer::SlotWriter;
 use crate::delta::{
-    BodyDecoder, BodyError, BodyLayout, MODEL_BYTES, Model, PatchError, PatchPrefix, StepError,
-    source_range,
+    BodyDecoder, BodyError, BodyLayout, Image, MODEL_BYTES, Model, PatchError, PatchPrefix,
+    StepError, source_range,
 };
 use crate::flash::io::{CHUNK, FlashError};
 use crate::flash::{FlashLayout, Slot};
@@ -225,6 +225,8 @@ struct Output {
 }
 
 /// How the components arrive.
+// No allocator to box the larger variant into; the agent holds one of them for a download.
+#[allow(clippy::large_enum_variant)]
 enum Codec {
     /// As payloads of the image: where the current one is.
     Payload(Progress),
@@ -537,7 +539,7 @@ impl<'w, 'l> Agent<'w, 'l> {
                 self.patch = Some(PatchPlan { layout, ..plan });
                 let crc = u32::from_le_bytes([a, b, c, d]);
                 let mut decoder = BodyDecoder::new(layout, cp.payload_offset, crc);
-                decoder.start_component(start + produced, start + component.size());
+                decoder.start_component(start, start + produced, start + component.size());
                 Codec::Patch(PatchProgress { decoder, hasher, body_start, started: true })
             }
             None => {
@@ -703,7 +705,7 @@ impl<'w, 'l> Agent<'w, 'l> {
         let end = start + component.size();
         let checkpoint_every = self.config.checkpoint_every.max(1);
         if !patch.started {
-            patch.decoder.start_component(start, end);
+            patch.decoder.start_component(start, start, end);
             patch.hasher = Sha256::new();
             patch.started = true;
             // Its first segment starts afresh: a durable point if it is in a new unit.
@@ -738,14 +740,18 @@ impl<'w, 'l> Agent<'w, 'l> {
                 position,
             );
             let limit = (boundary - position).min(CHUNK as u32) as usize;
-            let mut read =
-                |at: u32, buf: &mut [u8]| slot::read_installed(flash, layout, Place::A, at, buf);
+            let writer = &body.out.writer;
+            let mut read = |image, at: u32, buf: &mut [u8]| match image {
+                Image::Source => slot::read_installed(flash, layout, Place::A, at, buf),
+                Image::Target => writer.read(flash, layout, at, buf),
+            };
             let step =
                 patch.decoder.step(&mut model, &input[used_total..], &mut out[..limit], &mut read);
             let (used, produced) = match step {
                 Ok(step) => step,
                 Err(StepError::Source(SlotError::Flash(e))) => return Err(e.into()),
-                // The decoder reads only inside the source's components, which lie in slot A.
+                // The decoder reads only inside the source's components, which lie in slot A,
+                // and inside what it rebuilt, which lies in slot B.
                 Err(StepError::Source(_)) => {
                     break Err(BodyError::SourceOutside {
                         at: position,
