@@ -1,7 +1,10 @@
 //! Patches in memory: made by the encoder, applied by the device's decoder, on images that
 //! change the way releases do; and every kind of damage to a patch is caught.
 
-use firmware::delta::{ApplyError, PatchOptions, apply_installed, create_patch};
+use firmware::delta::{
+    ApplyError, CRC_START, PatchOptions, PatchPrefix, apply_installed, crc_update, crc_value,
+    create_patch,
+};
 use firmware::flash::Slot;
 use firmware::image::installed_form;
 use firmware::sim::build::{TestKeys, edited_image, image, pages_layout};
@@ -241,5 +244,48 @@ mod device {
             .unwrap();
         let id = device.download(&s.release, &s.new_image, 300, &mut Rng::new(2)).unwrap();
         assert_eq!(id, s.new);
+    }
+
+    /// A patch whose fixed start and header are sound (checksums recomputed) but whose body is
+    /// anything at all: every op the decoder can read out of it is checked, nothing panics,
+    /// and the device refuses it with slot A untouched.
+    #[test]
+    fn any_body_behind_a_sound_header_is_refused_without_panicking() {
+        let layout = Catalog::builtin().unwrap().get("microbit").unwrap().flash_layout().unwrap();
+        let s = delta_scenario(&layout, "microbit", 6, Ending::Confirm, 31);
+        let patch = s.patch.clone().unwrap();
+        let prefix = PatchPrefix::parse(&patch).unwrap();
+        let header_end = P + firmware::image::Prefix::parse(&patch[P..]).unwrap().header_len();
+        let start = layout.base() + layout.slot(Slot::A).offset;
+        let keys = TestKeys::default();
+        let old = image(&layout, "microbit", "1.0.0", 1, 6, 31, &keys.build);
+        let source = installed_form(&old.bytes, start, 0xFF).unwrap();
+        let mut rng = Rng::new(77);
+        for round in 0..300 {
+            let len = rng.below(600) as usize;
+            let mut body: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+            if round % 3 == 0 {
+                // Mostly the real body, partly garbage: gets further into the segments.
+                body = patch[header_end..].to_vec();
+                let at = rng.below(body.len() as u64) as usize;
+                for byte in &mut body[at..] {
+                    *byte = rng.next_u64() as u8;
+                }
+            }
+            let crc = crc_value(body.iter().fold(CRC_START, |c, &b| crc_update(c, b)));
+            let fixed = PatchPrefix { body_len: body.len() as u32, body_crc: crc, ..prefix };
+            let mut bad = fixed.encode().to_vec();
+            bad.extend_from_slice(&patch[P..header_end]);
+            bad.extend_from_slice(&body);
+            // In memory: an error, or bytes the hashes will refuse; never a panic.
+            let _ = apply_installed(&source, &bad, start, 0xFF);
+            if round % 10 == 0 {
+                let err = damaged(&s, &bad, &format!("random body {round}"), false);
+                assert!(
+                    matches!(err, UpdateError::CorruptPatch(_) | UpdateError::Corrupt(_)),
+                    "round {round}: {err}"
+                );
+            }
+        }
     }
 }

@@ -140,10 +140,11 @@ fn decode_delta(
     let Some(mut model) = Model::new(window) else { return 0 };
     let mut decoder = BodyDecoder::new(layout, 0, CRC_START);
     let mut body = DELTA.get(body_start..).unwrap_or_default();
-    let mut read = |at: u32, buf: &mut [u8]| ProbeFlash.read(at, buf);
+    // The test vector's patch repeats nothing of its own target: only the source is read.
+    let mut read = |_, at: u32, buf: &mut [u8]| ProbeFlash.read(at, buf);
     let mut produced_total = 0;
     for &(start, end) in ranges {
-        decoder.start_component(start, end);
+        decoder.start_component(start, start, end);
         let mut out = [0u8; 64];
         while !decoder.component_done() {
             let Ok((taken, produced)) = decoder.step(&mut model, body, &mut out, &mut read) else {
