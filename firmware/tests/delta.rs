@@ -288,4 +288,27 @@ mod device {
             }
         }
     }
+
+    /// The micro:bit's OS lends the agent 1 KiB: the patch model fits it; a device lending
+    /// less is refused by name before anything is written.
+    #[test]
+    fn a_one_kib_window_takes_a_patch_and_a_smaller_one_is_refused() {
+        let layout = Catalog::builtin().unwrap().get("microbit").unwrap().flash_layout().unwrap();
+        let s = delta_scenario(&layout, "microbit", 6, Ending::Confirm, 41);
+        let patch = s.patch.clone().unwrap();
+        let mut device = s.device.clone();
+        device.window = 1024;
+        let id = device.download_patch(&s.release, &patch, 64, &mut Rng::new(2)).unwrap();
+        assert_eq!(id, s.new);
+        let mut device = s.device.clone();
+        device.window = 512;
+        let before = device.flash.data();
+        let err = device.download_patch(&s.release, &patch, 64, &mut Rng::new(2)).unwrap_err();
+        let needed = firmware::delta::MODEL_BYTES;
+        assert!(
+            matches!(err, UpdateError::Refused(Refusal::WindowTooLarge { needed: n, have: 512 }) if n == needed),
+            "{err}"
+        );
+        assert!(device.flash.data() == before);
+    }
 }

@@ -239,7 +239,7 @@ impl BodyDecoder {
 
     /// Checks that the whole body was used, and its CRC, once the last component is done.
     pub fn finish(&self) -> Result<(), BodyError> {
-        let extra = self.layout.body_len - self.consumed();
+        let extra = self.layout.body_len.saturating_sub(self.consumed());
         if extra > 0 {
             return Err(BodyError::TrailingBytes { extra });
         }
@@ -268,12 +268,12 @@ impl BodyDecoder {
         let mut produced = 0;
         let first = self.position;
         loop {
-            let want = (self.layout.body_len - self.fed) as usize;
+            let want = self.layout.body_len.saturating_sub(self.fed) as usize;
             let rest = input.get(taken..).unwrap_or_default();
             let n = self.queue.fill(rest.get(..rest.len().min(want)).unwrap_or_default());
             taken += n;
             self.fed += n as u32;
-            let all_in = self.fed == self.layout.body_len;
+            let all_in = self.fed >= self.layout.body_len;
             let queued = self.queue.len;
             let have = |need: usize| all_in || queued >= need;
             let truncated = BodyError::Truncated { at: self.position };
