@@ -8,7 +8,12 @@
 //! Besides the shipped boards, two geometries: `tight` (an image filling slot A, slot B one unit
 //! larger) and `r1` (the 80 KiB update of the wear benchmark).
 //!
-//! Run: `cargo run --release -p firmware --example power-cut [-- --board NAME] [--torn N]`
+//! With `--delta` the update comes as a patch (`firmware::delta`): the device rebuilds the new
+//! image in slot B from slot A and the patch, checkpointing at every erase unit (the patch's
+//! segments start there), and every cut must resume from the last checkpoint.
+//!
+//! Run: `cargo run --release -p firmware --example power-cut [-- --board NAME] [--torn N]
+//! [--delta]`
 //! Ends with `power-cut: N cuts, B bricked`; exits non-zero if B > 0.
 
 use boards::Catalog;
@@ -19,6 +24,7 @@ use firmware::sim::campaign::{self, Plan, Tally};
 /// Options from the command line.
 struct Options {
     board: Option<String>,
+    delta: bool,
     torn_seeds: u64,
     second_every: u64,
     quick: bool,
@@ -29,11 +35,14 @@ fn options() -> Options {
     let value =
         |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
     if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("usage: power-cut [--board NAME] [--torn SEEDS] [--second-every K] [--quick]");
+        println!(
+            "usage: power-cut [--board NAME] [--torn SEEDS] [--second-every K] [--quick] [--delta]"
+        );
         std::process::exit(0);
     }
     Options {
         board: value("--board"),
+        delta: args.iter().any(|a| a == "--delta"),
         torn_seeds: value("--torn").and_then(|v| v.parse().ok()).unwrap_or(3),
         second_every: value("--second-every").and_then(|v| v.parse().ok()).unwrap_or(4),
         quick: args.iter().any(|a| a == "--quick"),
@@ -81,7 +90,12 @@ fn main() {
     for (name, layout, units) in targets {
         // Every cut on a fresh state log; then, with every 8th cut, the log's unit nearly full,
         // so the update's records move the log to its next unit at each record in turn.
-        for variant in campaign::variants(&layout, &name, units, 0..=20) {
+        let variants = if options.delta {
+            campaign::delta_variants(&layout, &name, units, 0..=20)
+        } else {
+            campaign::variants(&layout, &name, units, 0..=20)
+        };
+        for variant in variants {
             let (before, bricked) = (tally.cuts(), tally.bricked());
             let step = if variant.log_full { 8 } else { 1 } * if options.quick { 5 } else { 1 };
             let plan = Plan {

@@ -54,6 +54,13 @@ pub fn app_bytes() -> Vec<u8> {
 
 /// Builds the test vector image and returns it with the test key.
 pub fn build() -> (SigningKey, EncodedImage) {
+    let (key, spec) = spec();
+    let image = encode_image(&spec, std::slice::from_ref(&key)).expect("the test vector builds");
+    (key, image)
+}
+
+/// The test key and what the test vector is built from.
+pub fn spec() -> (SigningKey, ImageSpec) {
     let key = SigningKey::from_bytes(&SEED);
     let spec = ImageSpec {
         board: "microbit".into(),
@@ -76,8 +83,7 @@ pub fn build() -> (SigningKey, EncodedImage) {
         ],
         slot: Some(SlotLayout { start: 0x1_0000, size: 0x1_7000, header_size: 0x400 }),
     };
-    let image = encode_image(&spec, std::slice::from_ref(&key)).expect("the test vector builds");
-    (key, image)
+    (key, spec)
 }
 
 #[allow(dead_code)] // `tests/test_vector.rs` includes this file for `build`, not for `main`.

@@ -14,6 +14,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod boot;
+pub mod delta;
 pub mod flash;
 pub mod image;
 pub mod link;

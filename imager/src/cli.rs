@@ -42,12 +42,15 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// Build one signed image for a board from an OS, an app and data parts.
     Fuse(FuseArgs),
-    /// Describe an image file: id, board, version, components, signatures.
+    /// Describe an image or patch file: id, board, version, components, signatures.
     Inspect(InspectArgs),
     /// Check an image file: intact, signed by a given key, every component's hash, fits its board.
     Verify(VerifyArgs),
     /// List the known boards, their partitions, and where to link the first component.
     Boards(BoardsArgs),
+    /// Patches: make one from an image to its next release, or apply one as a device would.
+    #[command(subcommand)]
+    Delta(crate::delta::DeltaCommand),
     /// Boot an image in QEMU (boards with a qemu_machine): bootloader and installed image laid
     /// into the flash, the UART on this terminal or a TCP port.
     Run(RunArgs),
@@ -146,7 +149,7 @@ pub struct FuseArgs {
 /// `imager inspect`.
 #[derive(Args, Debug)]
 pub struct InspectArgs {
-    /// Image file.
+    /// Image file, or patch file (`imager delta create`).
     pub file: PathBuf,
     /// Print one JSON object instead of text.
     #[arg(long)]
@@ -590,8 +593,12 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
                 installed
             )?;
         }
+        Command::Delta(command) => crate::delta::run(&catalog()?, command, out)?,
         Command::Inspect(args) => {
             let file = verify::read_image_file(&args.file)?;
+            if crate::delta::is_patch(&file) {
+                return crate::delta::inspect(&args.file, &file, args.json, out);
+            }
             let image =
                 TransportImage::parse(&file).with_context(|| format!("{}", args.file.display()))?;
             let summary = ImageSummary::of(&image, file.len());
@@ -772,6 +779,7 @@ fn run_client(command: &Command, out: &mut dyn Write) -> Result<()> {
         | Command::Inspect(_)
         | Command::Verify(_)
         | Command::Boards(_)
+        | Command::Delta(_)
         | Command::Run(_)
         | Command::Flash(_)
         | Command::Factory(_)

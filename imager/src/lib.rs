@@ -5,6 +5,7 @@
 //! - [`input`]: reading firmware inputs (ELF, Intel HEX, raw binary at an address).
 //! - [`fuse`]: turning inputs into one signed image for a board.
 //! - [`verify`]: checking an image file against public keys and its board.
+//! - [`delta`]: patches from one image to the next: made, and applied by the device's code.
 //! - [`plan`], [`factory`]: what a board's flash must hold to start an image, and that as one
 //!   programming file (Intel HEX, binary, ELF).
 //! - [`client`]: the ota-server commands (`push`, `release`, `promote`, `status`, `device add
@@ -20,6 +21,7 @@ pub mod chip;
 pub mod cli;
 pub mod client;
 pub mod console;
+pub mod delta;
 pub mod factory;
 pub mod fuse;
 pub mod gateway;

@@ -512,3 +512,76 @@ fn boards_lists_partitions_and_link_addresses() {
     assert_eq!(out.status.code(), Some(1));
     assert!(err.contains("bad.toml") && err.contains("missing field `description`"), "{err}");
 }
+
+/// Fuses the release-pair fixture `variant` (tests/fixtures/delta) for `board`.
+fn fuse_pair(board: &str, variant: &str, key: &str, out: &str) {
+    let os = fixture(&format!("delta/{board}/{variant}.elf"));
+    let version = format!("1.0.0-{variant}");
+    ok(&["fuse", "--board", board, "--os", &os, "--version", &version, "--key", key, "--out", out]);
+}
+
+#[test]
+fn delta_create_apply_and_inspect() {
+    let dir = Scratch::new("delta");
+    let (key, public) = keygen(&dir, "build");
+    let (old, new, patch) = (dir.path("old.fwi"), dir.path("new.fwi"), dir.path("p.fwp"));
+    fuse_pair("microbit", "base", &key, &old);
+    fuse_pair("microbit", "fix", &key, &new);
+    let new_size = std::fs::metadata(&new).unwrap().len();
+
+    let text = ok(&["delta", "create", &old, &new, "--out", &patch]);
+    let patch_size = std::fs::metadata(&patch).unwrap().len();
+    assert!(patch_size * 10 < new_size, "{patch_size} of {new_size}");
+    assert!(
+        text.contains(&format!("full image {new_size} bytes, patch {patch_size} bytes")),
+        "{text}"
+    );
+    let json: Value =
+        serde_json::from_str(&ok(&["delta", "create", &old, &new, "--out", &patch, "--json"]))
+            .unwrap();
+    assert_eq!(json["patch_size"], patch_size);
+    assert_eq!(json["target_size"], new_size);
+    let ratio = json["ratio"].as_f64().unwrap();
+    assert!((ratio - patch_size as f64 / new_size as f64).abs() < 1e-9);
+    let new_id = ok(&["verify", &new, "--pubkey", &public]).trim().to_owned();
+    assert_eq!(json["target"], new_id.as_str());
+
+    // Applied by the device's code: prints the rebuilt image's id.
+    assert_eq!(ok(&["delta", "apply", &old, &patch, "--pubkey", &public]).trim(), new_id);
+    let applied: Value =
+        serde_json::from_str(&ok(&["delta", "apply", &old, &patch, "--pubkey", &public, "--json"]))
+            .unwrap();
+    assert_eq!(applied["id"], new_id.as_str());
+    assert!(applied["programmed"].as_u64().unwrap() > 0);
+
+    // Exit 1, one line, for a key that did not sign, another source, a damaged patch.
+    let (_, stranger) = keygen(&dir, "stranger");
+    let err = fails(&["delta", "apply", &old, &patch, "--pubkey", &stranger]);
+    assert!(err.contains("none of which is trusted"), "{err}");
+    let err = fails(&["delta", "apply", &new, &patch, "--pubkey", &public]);
+    assert!(err.contains("the patch applies to image"), "{err}");
+    let mut bytes = std::fs::read(&patch).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    let damaged = dir.path("damaged.fwp");
+    std::fs::write(&damaged, &bytes).unwrap();
+    fails(&["delta", "apply", &old, &damaged, "--pubkey", &public]);
+
+    // inspect knows a patch.
+    let text = ok(&["inspect", &patch]);
+    assert!(text.starts_with("patch ") && text.contains(&new_id), "{text}");
+    let json: Value = serde_json::from_str(&ok(&["inspect", &patch, "--json"])).unwrap();
+    assert_eq!(json["kind"], "patch");
+    assert_eq!(json["target"], new_id.as_str());
+    assert_eq!(json["file_size"], patch_size);
+    let truncated = dir.path("truncated.fwp");
+    std::fs::write(&truncated, &bytes[..last]).unwrap();
+    let err = fails(&["inspect", &truncated]);
+    assert!(err.contains("truncated.fwp") && err.contains("its header says"), "{err}");
+
+    for command in ["create", "apply"] {
+        let help = ok(&["delta", command, "--help"]);
+        assert!(help.contains(&format!("Usage: imager delta {command}")), "{help}");
+    }
+    assert!(ok(&["delta", "--help"]).contains("create"));
+}

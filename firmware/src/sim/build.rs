@@ -7,6 +7,7 @@ use ed25519_dalek::SigningKey;
 
 use super::Rng;
 use super::device::{Ending, Identity, Scenario, SimDevice};
+use crate::delta::{PatchOptions, create_patch};
 use crate::flash::{FlashLayout, LayoutSpec, Region, SectorRun, Slot};
 use crate::image::{
     ComponentSource, EncodedImage, HeatshrinkParams, ImageSpec, ReleaseStatement, Role,
@@ -74,6 +75,29 @@ pub fn span(layout: &FlashLayout, units: u32) -> u32 {
     (0..units).filter_map(|i| layout.unit(layout.slot(Slot::A), i)).map(|u| u.size).sum()
 }
 
+/// `bytes` changed the way a small release changes code, keeping its length: a few bytes
+/// rewritten here and there, and a run inserted with as many bytes deleted further on, so that
+/// what lies between moves (and would need its addresses changed in real code).
+pub fn edited(bytes: &[u8], seed: u64) -> Vec<u8> {
+    let mut rng = Rng::new(seed);
+    let mut out = bytes.to_vec();
+    let len = out.len();
+    if len < 64 {
+        return out;
+    }
+    for _ in 0..4 {
+        let at = rng.below(len as u64) as usize;
+        out[at] ^= 1 + rng.below(255) as u8;
+    }
+    let at = rng.below(len as u64 / 2) as usize;
+    let n = 1 + rng.below(24) as usize;
+    let inserted: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
+    out.splice(at..at, inserted);
+    let cut = (at + n + rng.below(len as u64 / 2) as usize).min(out.len() - n);
+    out.drain(cut..cut + n);
+    out
+}
+
 /// A signed image whose installed form ends inside erase unit `units - 1` of slot A: an OS
 /// from the link address, an app and a data part further on.
 pub fn image(
@@ -85,6 +109,22 @@ pub fn image(
     seed: u64,
     key: &SigningKey,
 ) -> EncodedImage {
+    edited_image(layout, board, version, security_counter, units, seed, None, key)
+}
+
+/// [`image`], with every component [`edited`] with seed `edit` when it is given: the next
+/// release of the same firmware.
+#[allow(clippy::too_many_arguments)]
+pub fn edited_image(
+    layout: &FlashLayout,
+    board: &str,
+    version: &str,
+    security_counter: u32,
+    units: u32,
+    seed: u64,
+    edit: Option<u64>,
+    key: &SigningKey,
+) -> EncodedImage {
     let slot = layout.slot_layout();
     let end = span(layout, units) - 96;
     let header = slot.header_size;
@@ -94,7 +134,10 @@ pub fn image(
         role,
         name: name.into(),
         load_address: slot.start + from,
-        bytes: code_like((to - from) as usize, seed ^ salt),
+        bytes: {
+            let bytes = code_like((to - from) as usize, seed ^ salt);
+            edit.map_or(bytes.clone(), |e| edited(&bytes, e ^ salt))
+        },
     };
     let spec = ImageSpec {
         board: board.into(),
@@ -134,7 +177,20 @@ pub fn scenario(
     let keys = TestKeys::default();
     let old = image(layout, board, "1.0.0", 1, units, seed, &keys.build);
     let new = image(layout, board, "2.0.0", 2, units, seed.wrapping_add(1), &keys.build);
-    let mut device = SimDevice::new(layout.clone(), identity(board, "test", &keys));
+    scenario_of(layout, board, &old, &new, ending, &keys)
+}
+
+/// A device on `layout` provisioned with `old` (in service, confirmed), about to be offered
+/// `new`, which ends as `ending` says.
+fn scenario_of(
+    layout: &FlashLayout,
+    board: &str,
+    old: &EncodedImage,
+    new: &EncodedImage,
+    ending: Ending,
+    keys: &TestKeys,
+) -> Scenario {
+    let mut device = SimDevice::new(layout.clone(), identity(board, "test", keys));
     device.provision(&old.bytes).expect("the old image installs");
     // In service: the old image (counter 1) was confirmed, release 0 applied.
     device.set_counters(1, 0).expect("the state log formats");
@@ -142,11 +198,35 @@ pub fn scenario(
         device,
         old: old.id,
         new_image: new.bytes.clone(),
+        patch: None,
         new: new.id,
-        release: release(&new, "test", 1, &keys.environment),
+        release: release(new, "test", 1, &keys.environment),
         ending,
         max_chunk: 700,
     }
+}
+
+/// [`scenario`], the update coming as a patch: v2 is v1 [`edited`] (a small release), and the
+/// patch's segments start at every erase unit of slot A (up to 64 KiB), so that a download cut
+/// anywhere resumes from the last unit done.
+pub fn delta_scenario(
+    layout: &FlashLayout,
+    board: &str,
+    units: u32,
+    ending: Ending,
+    seed: u64,
+) -> Scenario {
+    let keys = TestKeys::default();
+    let old = image(layout, board, "1.0.0", 1, units, seed, &keys.build);
+    let new = edited_image(layout, board, "2.0.0", 2, units, seed, Some(seed + 1), &keys.build);
+    let mut s = scenario_of(layout, board, &old, &new, ending, &keys);
+    let unit = layout.unit(layout.slot(Slot::A), 0).map_or(1024, |u| u.size);
+    let options = PatchOptions { block_shift: (31 - unit.leading_zeros()).clamp(10, 16) as u8 };
+    let slot_start = layout.base() + layout.slot(Slot::A).offset;
+    let patch = create_patch(&old.bytes, &new.bytes, slot_start, layout.erased(), &options)
+        .expect("the patch builds");
+    s.patch = Some(patch.bytes);
+    s
 }
 
 /// nRF51-like geometry for tests and benchmarks: 1 KiB pages, 4-byte write unit, erased 0xFF;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::vec;
 use std::vec::Vec;
 
-use super::build::scenario;
+use super::build::{delta_scenario, scenario};
 use super::device::{Ending, RunReport, Scenario, SecondCut};
 use super::{Cut, CutKind};
 use crate::flash::FlashLayout;
@@ -129,13 +129,38 @@ pub fn variants(
     units: u32,
     fill_levels: impl IntoIterator<Item = u32>,
 ) -> Vec<Variant> {
+    variants_of(scenario, layout, name, units, fill_levels)
+}
+
+/// [`variants`] with the update coming as a patch ([`delta_scenario`]): the device rebuilds
+/// v2 in slot B from slot A and the patch, checkpointing at every erase unit.
+pub fn delta_variants(
+    layout: &FlashLayout,
+    name: &str,
+    units: u32,
+    fill_levels: impl IntoIterator<Item = u32>,
+) -> Vec<Variant> {
+    let mut out = variants_of(delta_scenario, layout, name, units, fill_levels);
+    for variant in &mut out {
+        variant.label = format!("{} (patch)", variant.label);
+    }
+    out
+}
+
+fn variants_of(
+    make: fn(&FlashLayout, &str, u32, Ending, u64) -> Scenario,
+    layout: &FlashLayout,
+    name: &str,
+    units: u32,
+    fill_levels: impl IntoIterator<Item = u32>,
+) -> Vec<Variant> {
     let endings = [(Ending::Confirm, "update+confirm"), (Ending::Revert, "update+revert")];
     let mut levels: Vec<Option<u32>> = vec![None];
     levels.extend(fill_levels.into_iter().map(Some));
     let mut out = Vec::new();
     for level in levels {
         for (ending, what) in endings {
-            let mut s = scenario(layout, name, units, ending, 3);
+            let mut s = make(layout, name, units, ending, 3);
             s.device.checkpoint_every = 1;
             let label = match level {
                 None => format!("{name} {what}"),

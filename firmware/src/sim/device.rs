@@ -97,8 +97,35 @@ impl SimDevice {
         max_chunk: usize,
         rng: &mut Rng,
     ) -> Result<ImageId, UpdateError> {
+        self.transfer(release, image, false, max_chunk, rng)
+    }
+
+    /// Like [`Self::download`], for a patch against the image in slot A
+    /// ([`Agent::begin_patch`]).
+    pub fn download_patch(
+        &mut self,
+        release: &[u8],
+        patch: &[u8],
+        max_chunk: usize,
+        rng: &mut Rng,
+    ) -> Result<ImageId, UpdateError> {
+        self.transfer(release, patch, true, max_chunk, rng)
+    }
+
+    fn transfer(
+        &mut self,
+        release: &[u8],
+        image: &[u8],
+        patch: bool,
+        max_chunk: usize,
+        rng: &mut Rng,
+    ) -> Result<ImageId, UpdateError> {
         self.with_agent(|agent, flash| {
-            let started = agent.begin(flash, release)?;
+            let started = if patch {
+                agent.begin_patch(flash, release)?
+            } else {
+                agent.begin(flash, release)?
+            };
             let mut rest = image.get(started.resume_from as usize..).unwrap_or_default();
             while !rest.is_empty() {
                 let n = (1 + rng.below(max_chunk as u64) as usize).min(rest.len());
@@ -183,6 +210,9 @@ pub struct Scenario {
     pub old: ImageId,
     /// The new image (`.fwi`).
     pub new_image: Vec<u8>,
+    /// A patch from the old image to the new one: when given, the device downloads it instead
+    /// of the image.
+    pub patch: Option<Vec<u8>>,
     /// The new image's id.
     pub new: ImageId,
     /// Its signed release statement.
@@ -306,7 +336,13 @@ impl Scenario {
                     cuts,
                 );
             }
-            match device.download(&self.release, &self.new_image, self.max_chunk, &mut rng) {
+            let downloaded = match &self.patch {
+                Some(patch) => {
+                    device.download_patch(&self.release, patch, self.max_chunk, &mut rng)
+                }
+                None => device.download(&self.release, &self.new_image, self.max_chunk, &mut rng),
+            };
+            match downloaded {
                 Ok(_) => {}
                 Err(_) if device.flash.is_off() => {}
                 Err(e) => {

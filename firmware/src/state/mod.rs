@@ -7,7 +7,8 @@ pub mod record;
 
 pub use log::{StateError, StateLog, marker_area};
 pub use record::{
-    Checkpoint, Download, FailReason, ImageTag, Outcome, OutcomeKind, Pending, Record, RevertReason,
+    Checkpoint, Download, FailReason, ImageTag, Outcome, OutcomeKind, Pending, Record,
+    RevertReason, TransportForm,
 };
 
 /// What the device is in the middle of.

@@ -87,6 +87,44 @@ pub struct Download {
     pub shift: u8,
     /// Erase units per swap group.
     pub group: u8,
+    /// What is being downloaded: the image itself or a patch.
+    pub form: TransportForm,
+}
+
+/// The transport form of a download: a resumed download goes on only in the same form (the
+/// transport offsets of the two differ).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum TransportForm {
+    /// The `.fwi` itself.
+    #[default]
+    Image,
+    /// A patch against slot A, with its segments every `2^block_shift` installed bytes.
+    Patch {
+        /// The patch's block shift.
+        block_shift: u8,
+    },
+}
+
+impl TransportForm {
+    fn code(self) -> u8 {
+        match self {
+            TransportForm::Image => 0,
+            TransportForm::Patch { block_shift } => block_shift,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        match code {
+            0 => Some(TransportForm::Image),
+            shift
+                if (crate::delta::MIN_BLOCK_SHIFT..=crate::delta::MAX_BLOCK_SHIFT)
+                    .contains(&shift) =>
+            {
+                Some(TransportForm::Patch { block_shift: shift })
+            }
+            _ => None,
+        }
+    }
 }
 
 /// A durable point in a download, from which it can continue.
@@ -98,9 +136,10 @@ pub struct Checkpoint {
     pub installed_offset: u32,
     /// Index of the component being decoded.
     pub component: u8,
-    /// Payload bytes of that component consumed.
+    /// Payload bytes of that component consumed (for a patch: body bytes consumed).
     pub payload_offset: u32,
-    /// Decoder state (`image::heatshrink::DecoderState` bytes).
+    /// Decoder state (`image::heatshrink::DecoderState` bytes; zero for a patch, whose
+    /// decoder holds nothing at a segment start).
     pub decoder: [u8; 8],
 }
 
@@ -305,6 +344,7 @@ impl Record {
                 .u32(d.transport_len)
                 .u8(d.shift)
                 .u8(d.group)
+                .u8(d.form.code())
                 .finish(),
             Record::Checkpoint(c) => Writer::new(5)
                 .u32(c.transport_offset)
@@ -359,6 +399,7 @@ impl Record {
                 transport_len: r.u32(),
                 shift: r.u8(),
                 group: r.u8(),
+                form: TransportForm::from_code(r.u8())?,
             }),
             5 => Record::Checkpoint(Checkpoint {
                 transport_offset: r.u32(),
@@ -424,6 +465,15 @@ mod tests {
                 transport_len: 123_456,
                 shift: 32,
                 group: 16,
+                form: TransportForm::Image,
+            }),
+            Record::Download(Download {
+                release_sequence: 10,
+                image: tag,
+                transport_len: 4_567,
+                shift: 2,
+                group: 1,
+                form: TransportForm::Patch { block_shift: 12 },
             }),
             Record::Checkpoint(Checkpoint {
                 transport_offset: 1,

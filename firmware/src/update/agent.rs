@@ -13,6 +13,10 @@ use embedded_storage::nor_flash::NorFlash;
 use sha2::{Digest, Sha256};
 
 use super::writer::SlotWriter;
+use crate::delta::{
+    BodyDecoder, BodyError, BodyLayout, Image, MODEL_BYTES, Model, PatchError, PatchPrefix,
+    StepError, source_range,
+};
 use crate::flash::io::{CHUNK, FlashError};
 use crate::flash::{FlashLayout, Slot};
 use crate::image::heatshrink::{Decoder, DecoderState};
@@ -24,7 +28,7 @@ use crate::image::{
 use crate::slot::{self, Checks, Place, SlotError};
 use crate::state::{
     Checkpoint, Download, FailReason, ImageTag, Outcome, OutcomeKind, Pending, Phase, Record,
-    State, StateError, StateLog, marker_area,
+    State, StateError, StateLog, TransportForm, marker_area,
 };
 
 /// What the agent accepts.
@@ -88,7 +92,8 @@ pub enum Refusal {
     /// An image runs on trial; it must confirm (or be reverted) first.
     #[error("the running image is on trial: confirm it first")]
     Busy,
-    /// A component's heatshrink window is larger than this device's decoder window.
+    /// A component's heatshrink window (or a patch's model) is larger than the window this
+    /// device lent the agent.
     #[error("component needs a {needed}-byte heatshrink window, this device has {have}")]
     WindowTooLarge {
         /// Window the component needs.
@@ -96,6 +101,21 @@ pub enum Refusal {
         /// Window this device lent the agent.
         have: usize,
     },
+    /// The patch's fixed start is bad (damaged, another version, not a patch).
+    #[error("patch: {0}")]
+    Patch(#[from] PatchError),
+    /// The patch rebuilds its image from another image than the one slot A holds: the server
+    /// must send the full image (or a patch from this one).
+    #[error("the patch applies to image {patch}, slot A holds image {slot_a}")]
+    WrongSource {
+        /// The source the patch names.
+        patch: ImageId,
+        /// The image in slot A.
+        slot_a: ImageId,
+    },
+    /// Slot A holds no readable image header to patch.
+    #[error("slot A holds no readable image to apply a patch to")]
+    NoSource,
 }
 
 /// Why an update step failed.
@@ -108,6 +128,10 @@ pub enum UpdateError {
     /// outcome recorded). Slot A is untouched.
     #[error("corrupt image stream: {0}")]
     Corrupt(ImageError),
+    /// A patch's body turned out corrupt after writing began; the download is abandoned (and
+    /// the outcome recorded). Slot A is untouched.
+    #[error("corrupt patch: {0}")]
+    CorruptPatch(BodyError),
     /// What slot B holds failed its final check (after writing began); the download is
     /// abandoned and the outcome recorded. Slot A is untouched.
     #[error("the image written to slot B failed its check: {0}")]
@@ -165,7 +189,9 @@ struct Release {
 enum Stage {
     /// Nothing in progress in this session.
     Idle,
-    /// Collecting the header.
+    /// Collecting a patch's fixed start.
+    PatchPrefix { have: usize },
+    /// Collecting the (image's) header.
     Header { have: usize },
     /// Decoding components into slot B.
     Body(Body),
@@ -186,11 +212,43 @@ struct Body {
     transport: u32,
     /// Component being decoded.
     index: usize,
-    progress: Progress,
+    codec: Codec,
+    out: Output,
+}
+
+/// Where the installed bytes go: slot B's writer, how far it got, the last durable point.
+struct Output {
     writer: SlotWriter,
     /// Installed offset just past the last byte written.
     written_end: u32,
     last_checkpoint: u32,
+}
+
+/// How the components arrive.
+// No allocator to box the larger variant into; the agent holds one of them for a download.
+#[allow(clippy::large_enum_variant)]
+enum Codec {
+    /// As payloads of the image: where the current one is.
+    Payload(Progress),
+    /// As a patch body.
+    Patch(PatchProgress),
+}
+
+/// Where a patch body is: the decoder (which spans components), the hash of the current
+/// component so far, and whether the decoder was given the current component yet.
+struct PatchProgress {
+    decoder: BodyDecoder,
+    hasher: Sha256,
+    /// Transport offset of the body's first byte.
+    body_start: u32,
+    started: bool,
+}
+
+/// A patch whose fixed start was accepted: what the header and the body must match.
+#[derive(Clone, Copy)]
+struct PatchPlan {
+    target: ImageId,
+    layout: BodyLayout,
 }
 
 /// What [`Agent::check_header`] found: where slot B takes the image.
@@ -208,6 +266,10 @@ pub struct Agent<'w, 'l> {
     window: &'w mut [u8],
     header: [u8; MAX_HEADER_LEN],
     release: Option<Release>,
+    /// The form being downloaded.
+    form: TransportForm,
+    /// The patch being applied, once its fixed start was accepted.
+    patch: Option<PatchPlan>,
     stage: Stage,
     /// The last offer refused in this session. Not written to flash: a refusal changes nothing,
     /// and a server repeating a bad offer must not wear the state log.
@@ -238,6 +300,8 @@ impl<'w, 'l> Agent<'w, 'l> {
             window,
             header: [0; MAX_HEADER_LEN],
             release: None,
+            form: TransportForm::Image,
+            patch: None,
             stage: Stage::Idle,
             last_refusal: None,
         })
@@ -264,7 +328,27 @@ impl<'w, 'l> Agent<'w, 'l> {
         flash: &mut F,
         release: &[u8],
     ) -> Result<Started, UpdateError> {
-        let result = self.begin_inner(flash, release);
+        let result = self.begin_inner(flash, release, TransportForm::Image);
+        self.note(&result);
+        result
+    }
+
+    /// Takes an offer that comes as a patch against the image in slot A: exactly like
+    /// [`Self::begin`], but `feed` then takes the patch (`crate::delta`) instead of the `.fwi`.
+    /// The patch's fixed start is checked as soon as it arrives (its source must be the image
+    /// in slot A: [`Refusal::WrongSource`] otherwise), then the image header it carries is
+    /// checked as a full image's would be, all before anything is written. A download
+    /// interrupted by a reset continues only in the form it started in: `begin_patch` after a
+    /// `begin` (or the reverse) starts it again.
+    #[inline(never)]
+    pub fn begin_patch<F: NorFlash>(
+        &mut self,
+        flash: &mut F,
+        release: &[u8],
+    ) -> Result<Started, UpdateError> {
+        // Any block shift: the form's kind is what `admit` compares.
+        let form = TransportForm::Patch { block_shift: crate::delta::MIN_BLOCK_SHIFT };
+        let result = self.begin_inner(flash, release, form);
         self.note(&result);
         result
     }
@@ -280,9 +364,12 @@ impl<'w, 'l> Agent<'w, 'l> {
         &mut self,
         flash: &mut F,
         release: &[u8],
+        form: TransportForm,
     ) -> Result<Started, UpdateError> {
         self.stage = Stage::Idle;
         self.release = None;
+        self.patch = None;
+        self.form = form;
         // Each step in a frame of its own: this one stays small, so that the steps verifying a
         // signature (the release's here, the header's in `resume`) run on a shallow stack.
         let release = self.check_release(release)?;
@@ -295,7 +382,11 @@ impl<'w, 'l> Agent<'w, 'l> {
                 Err(_) => {}
             }
         }
-        self.stage = Stage::Header { have: 0 };
+        self.patch = None;
+        self.stage = match form {
+            TransportForm::Image => Stage::Header { have: 0 },
+            TransportForm::Patch { .. } => Stage::PatchPrefix { have: 0 },
+        };
         Ok(Started { resume_from: 0 })
     }
 
@@ -331,7 +422,12 @@ impl<'w, 'l> Agent<'w, 'l> {
                 if download.release_sequence == release.sequence
                     && download.image == ImageTag::of(&release.image) =>
             {
-                checkpoint.map(|checkpoint| (download, checkpoint))
+                let same_form = matches!(
+                    (download.form, self.form),
+                    (TransportForm::Image, TransportForm::Image)
+                        | (TransportForm::Patch { .. }, TransportForm::Patch { .. })
+                );
+                checkpoint.filter(|_| same_form).map(|checkpoint| (download, checkpoint))
             }
             // While a download is under way, only a newer release replaces it.
             Phase::Downloading { download, .. }
@@ -372,6 +468,20 @@ impl<'w, 'l> Agent<'w, 'l> {
         slot::read_installed(flash, self.layout, place, 0, &mut self.header[..header_len])?;
         verify_header_bytes(&self.header[..header_len], self.config.build_keys)
             .map_err(UpdateError::Corrupt)?;
+        if let TransportForm::Patch { block_shift } = download.form {
+            // Slot A has not changed since the patch's source was checked: no swap runs while
+            // a download is under way.
+            let (source_start, source_end) = self.source_of_slot_a(flash)?.1;
+            let body_len = (download.transport_len as usize)
+                .checked_sub(PatchPrefix::LEN + header_len)
+                .ok_or(UpdateError::Corrupt(ImageError::NotAnImage))?
+                as u32;
+            // The body's CRC is known again when the last checkpoint's register is: see
+            // `resume_body`.
+            let layout =
+                BodyLayout { body_len, body_crc: 0, block_shift, source_start, source_end };
+            self.patch = Some(PatchPlan { target: release.image, layout });
+        }
         let accepted = self.check_manifest(header_len, release).map_err(|e| match e {
             UpdateError::Refused(Refusal::Image(e)) => UpdateError::Corrupt(e),
             UpdateError::Refused(Refusal::WrongImage { .. }) => {
@@ -396,22 +506,21 @@ impl<'w, 'l> Agent<'w, 'l> {
         let (component, _) = component_at(&self.header[..header_len], usize::from(cp.component))?;
         let start = component.load_address() - self.layout.slot_layout().start;
         let produced = cp.installed_offset.saturating_sub(start).min(component.size());
-        let decoder = DecoderState::from_bytes(cp.decoder)
-            .ok_or(UpdateError::Corrupt(ImageError::NotAnImage))?;
         // The hash of the component so far, and (for heatshrink) the window, from flash.
         let mut hasher = Sha256::new();
         let mut chunk = [0u8; CHUNK];
-        let keep = match component.compression() {
-            Compression::Heatshrink(p) => produced.min(1 << p.window()),
-            Compression::Raw => 0,
+        let heatshrink = match (self.patch, component.compression()) {
+            (None, Compression::Heatshrink(p)) => Some(p),
+            _ => None,
         };
+        let keep = heatshrink.map_or(0, |p| produced.min(1 << p.window()));
         self.window.fill(0);
         let mut done = 0;
         while done < produced {
             let n = (produced - done).min(CHUNK as u32) as usize;
             slot::read_installed(flash, self.layout, place, start + done, &mut chunk[..n])?;
             hasher.update(&chunk[..n]);
-            if let Compression::Heatshrink(p) = component.compression() {
+            if let Some(p) = heatshrink {
                 for (i, &byte) in chunk[..n].iter().enumerate() {
                     let position = done + i as u32;
                     if position >= produced - keep {
@@ -421,7 +530,24 @@ impl<'w, 'l> Agent<'w, 'l> {
             }
             done += n as u32;
         }
-        let progress = Progress { decoder, consumed: cp.payload_offset, produced, hasher };
+        let codec = match self.patch {
+            Some(plan) => {
+                let body_start = (PatchPrefix::LEN + header_len) as u32;
+                let [a, b, c, d, e, f, g, h] = cp.decoder;
+                let mut layout = plan.layout;
+                layout.body_crc = u32::from_le_bytes([e, f, g, h]);
+                self.patch = Some(PatchPlan { layout, ..plan });
+                let crc = u32::from_le_bytes([a, b, c, d]);
+                let mut decoder = BodyDecoder::new(layout, cp.payload_offset, crc);
+                decoder.start_component(start, start + produced, start + component.size());
+                Codec::Patch(PatchProgress { decoder, hasher, body_start, started: true })
+            }
+            None => {
+                let decoder = DecoderState::from_bytes(cp.decoder)
+                    .ok_or(UpdateError::Corrupt(ImageError::NotAnImage))?;
+                Codec::Payload(Progress { decoder, consumed: cp.payload_offset, produced, hasher })
+            }
+        };
         self.stage = Stage::Body(Body {
             header_len,
             shift: download.shift,
@@ -429,10 +555,12 @@ impl<'w, 'l> Agent<'w, 'l> {
             transport_len,
             transport: cp.transport_offset,
             index: usize::from(cp.component),
-            progress,
-            writer: SlotWriter::new(place, cp.installed_offset),
-            written_end: cp.installed_offset,
-            last_checkpoint: cp.installed_offset,
+            codec,
+            out: Output {
+                writer: SlotWriter::new(place, cp.installed_offset),
+                written_end: cp.installed_offset,
+                last_checkpoint: cp.installed_offset,
+            },
         });
         Ok(Started { resume_from: cp.transport_offset })
     }
@@ -460,6 +588,22 @@ impl<'w, 'l> Agent<'w, 'l> {
             match &mut self.stage {
                 Stage::Idle => return Err(UpdateError::NotStarted),
                 Stage::Complete(_) => return Err(UpdateError::TrailingData),
+                Stage::PatchPrefix { have } => {
+                    let have = *have;
+                    let n = (PatchPrefix::LEN - have).min(bytes.len());
+                    self.header[have..have + n].copy_from_slice(&bytes[..n]);
+                    bytes = &bytes[n..];
+                    let have = have + n;
+                    self.stage = Stage::PatchPrefix { have };
+                    // Checked as soon as the magic arrives, then when it is complete.
+                    if let Err(e @ PatchError::NotAPatch) = PatchPrefix::parse(&self.header[..have])
+                    {
+                        return Err(Refusal::from(e).into());
+                    }
+                    if have == PatchPrefix::LEN {
+                        self.accept_patch_prefix(flash)?;
+                    }
+                }
                 Stage::Header { have } => {
                     // First the fixed prefix, which gives the header's length; then the rest.
                     let have = *have;
@@ -477,13 +621,210 @@ impl<'w, 'l> Agent<'w, 'l> {
                         self.accept_header(flash, have)?;
                     }
                 }
-                Stage::Body(_) => {
-                    let used = self.feed_payload(flash, bytes)?;
+                Stage::Body(body) => {
+                    let used = match body.codec {
+                        Codec::Payload(_) => self.feed_payload(flash, bytes)?,
+                        Codec::Patch(_) => self.feed_patch(flash, bytes)?,
+                    };
                     bytes = &bytes[used..];
                 }
             }
         }
+        // A patch decoder holds body bytes ahead: the components they complete are decoded
+        // now, not when (if ever) more bytes arrive.
+        while let Stage::Body(Body {
+            codec: Codec::Patch(PatchProgress { started: false, .. }),
+            ..
+        }) = &self.stage
+        {
+            self.feed_patch(flash, &[])?;
+        }
         Ok(())
+    }
+
+    /// Takes a patch's complete fixed start (in the header buffer): its checksum and version,
+    /// that it rebuilds the released image, from the image slot A holds, and that the window
+    /// lent holds the decoder's model. Writes nothing.
+    #[inline(never)]
+    fn accept_patch_prefix<F: NorFlash>(&mut self, flash: &mut F) -> Result<(), UpdateError> {
+        let release = self.release.ok_or(UpdateError::NotStarted)?;
+        let prefix = PatchPrefix::parse(&self.header[..PatchPrefix::LEN]).map_err(Refusal::from)?;
+        if prefix.target != release.image {
+            return Err(Refusal::WrongImage { got: prefix.target, released: release.image }.into());
+        }
+        let (slot_a, (source_start, source_end)) = self.source_of_slot_a(flash)?;
+        if slot_a != prefix.source {
+            return Err(Refusal::WrongSource { patch: prefix.source, slot_a }.into());
+        }
+        if self.window.len() < MODEL_BYTES {
+            let have = self.window.len();
+            return Err(Refusal::WindowTooLarge { needed: MODEL_BYTES, have }.into());
+        }
+        let layout = prefix.body_layout(source_start, source_end);
+        self.patch = Some(PatchPlan { target: prefix.target, layout });
+        self.form = TransportForm::Patch { block_shift: prefix.block_shift };
+        self.stage = Stage::Header { have: 0 };
+        Ok(())
+    }
+
+    /// The id of the image in slot A and the installed offsets a patch may copy from. Reads its
+    /// header into a frame of its own (a header buffer and a parsed manifest, 1.7 KB), gone
+    /// when it returns.
+    #[inline(never)]
+    fn source_of_slot_a<F: NorFlash>(
+        &self,
+        flash: &mut F,
+    ) -> Result<(ImageId, (u32, u32)), UpdateError> {
+        let mut buf = [0u8; MAX_HEADER_LEN];
+        match slot::read_header(flash, self.layout, Place::A, &mut buf) {
+            Ok(header) => {
+                let range = source_range(header.manifest(), self.layout.slot_layout().start);
+                Ok((header.id(), range))
+            }
+            Err(SlotError::Flash(e)) => Err(e.into()),
+            Err(_) => Err(Refusal::NoSource.into()),
+        }
+    }
+
+    /// Decodes patch body bytes into slot B; returns how many were used. Like
+    /// [`Self::feed_payload`], it checkpoints at erase-unit boundaries, but only at those where
+    /// a segment starts (where the decoder holds no state).
+    #[inline(never)] // see `begin`
+    fn feed_patch<F: NorFlash>(
+        &mut self,
+        flash: &mut F,
+        input: &[u8],
+    ) -> Result<usize, UpdateError> {
+        let Stage::Body(body) = &mut self.stage else { return Ok(0) };
+        let Codec::Patch(patch) = &mut body.codec else { return Ok(0) };
+        let Some(plan) = self.patch else { return Err(UpdateError::NotStarted) };
+        let layout = self.layout;
+        let slot_start = layout.slot_layout().start;
+        let (component, components) = component_at(&self.header[..body.header_len], body.index)?;
+        let start = component.load_address() - slot_start;
+        let end = start + component.size();
+        let checkpoint_every = self.config.checkpoint_every.max(1);
+        if !patch.started {
+            patch.decoder.start_component(start, start, end);
+            patch.hasher = Sha256::new();
+            patch.started = true;
+            // Its first segment starts afresh: a durable point if it is in a new unit.
+            let cp = Checkpoint {
+                transport_offset: patch.body_start + patch.decoder.consumed(),
+                installed_offset: 0,
+                component: body.index as u8,
+                payload_offset: patch.decoder.consumed(),
+                decoder: patch_checkpoint_state(&patch.decoder, &plan.layout),
+            };
+            checkpoint_component_start(
+                flash,
+                layout,
+                &mut self.log,
+                &mut body.out,
+                start,
+                checkpoint_every,
+                cp,
+            )?;
+        }
+        let Some(mut model) = Model::new(self.window) else {
+            return Err(UpdateError::WindowTooSmall);
+        };
+        let mut used_total = 0;
+        let mut out = [0u8; CHUNK];
+        let result = loop {
+            let position = patch.decoder.position();
+            let boundary = next_segment_boundary(
+                layout,
+                &plan.layout,
+                body.out.last_checkpoint + checkpoint_every,
+                position,
+            );
+            let limit = (boundary - position).min(CHUNK as u32) as usize;
+            let writer = &body.out.writer;
+            let mut read = |image, at: u32, buf: &mut [u8]| match image {
+                Image::Source => slot::read_installed(flash, layout, Place::A, at, buf),
+                Image::Target => writer.read(flash, layout, at, buf),
+            };
+            let step =
+                patch.decoder.step(&mut model, &input[used_total..], &mut out[..limit], &mut read);
+            let (used, produced) = match step {
+                Ok(step) => step,
+                Err(StepError::Source(SlotError::Flash(e))) => return Err(e.into()),
+                // The decoder reads only inside the source's components, which lie in slot A,
+                // and inside what it rebuilt, which lies in slot B.
+                Err(StepError::Source(_)) => {
+                    break Err(BodyError::SourceOutside {
+                        at: position,
+                        from: position.into(),
+                        len: 0,
+                        start: plan.layout.source_start,
+                        end: plan.layout.source_end,
+                    });
+                }
+                Err(StepError::Body(e)) => break Err(e),
+            };
+            body.out.writer.write(flash, layout, position, &out[..produced])?;
+            patch.hasher.update(&out[..produced]);
+            used_total += used;
+            body.transport += used as u32;
+            if produced > 0 {
+                body.out.written_end = position + produced as u32;
+            }
+            let at = position + produced as u32;
+            if produced > 0 && at == boundary && patch.decoder.between_segments() && at < end {
+                body.out.writer.flush(flash, layout)?;
+                let cp = Checkpoint {
+                    transport_offset: patch.body_start + patch.decoder.consumed(),
+                    installed_offset: boundary,
+                    component: body.index as u8,
+                    payload_offset: patch.decoder.consumed(),
+                    decoder: patch_checkpoint_state(&patch.decoder, &plan.layout),
+                };
+                self.log.append(flash, Record::Checkpoint(cp))?;
+                body.out.last_checkpoint = boundary;
+            }
+            if patch.decoder.component_done() || (used == 0 && produced == 0) {
+                break Ok(());
+            }
+        };
+        let image = self.release.map(|r| ImageTag::of(&r.image)).unwrap_or_default();
+        if let Err(e) = result {
+            self.stage = Stage::Idle;
+            self.abandon(flash, image, FailReason::Corrupt)?;
+            return Err(UpdateError::CorruptPatch(e));
+        }
+        if !patch.decoder.component_done() {
+            return Ok(used_total);
+        }
+        let actual: [u8; 32] = core::mem::take(&mut patch.hasher).finalize().into();
+        let last = body.index + 1 == components;
+        let fault = if actual != *component.sha256() {
+            Some(UpdateError::Corrupt(component_error(
+                &component,
+                UnpackError::HashMismatch {
+                    expected: crate::image::Sha256Digest(*component.sha256()),
+                    actual: crate::image::Sha256Digest(actual),
+                },
+            )))
+        } else if last {
+            patch.decoder.finish().err().map(UpdateError::CorruptPatch)
+        } else {
+            None
+        };
+        if let Some(fault) = fault {
+            self.stage = Stage::Idle;
+            self.abandon(flash, image, FailReason::Corrupt)?;
+            return Err(fault);
+        }
+        patch.started = false;
+        body.index += 1;
+        if last {
+            let Stage::Body(body) = core::mem::replace(&mut self.stage, Stage::Idle) else {
+                return Ok(used_total);
+            };
+            self.stage = Stage::Complete(body);
+        }
+        Ok(used_total)
     }
 
     /// The header's length, from the prefix collected so far.
@@ -524,6 +865,12 @@ impl<'w, 'l> Agent<'w, 'l> {
             }
             .into());
         }
+        if let Some(plan) = self.patch
+            && header.id() != plan.target
+        {
+            let mismatch = PatchError::TargetMismatch { named: plan.target, carried: header.id() };
+            return Err(Refusal::Patch(mismatch).into());
+        }
         if header.id() != release.image {
             return Err(Refusal::WrongImage { got: header.id(), released: release.image }.into());
         }
@@ -532,11 +879,19 @@ impl<'w, 'l> Agent<'w, 'l> {
             return Err(Refusal::Rollback { counter: manifest.security_counter(), min }.into());
         }
         manifest.check_layout(&self.layout.slot_layout(), len).map_err(Refusal::TooLarge)?;
-        check_windows(manifest, self.window.len())?;
         let units = self.layout.units_for(slot::installed_len(self.layout, &header));
         let (shift, group) =
             self.layout.swap_room(units).ok_or(Refusal::NoRoomInSlotB { units })?;
-        let transport_len = (len as u64 + manifest.payload_len()) as u32;
+        let transport_len = match self.patch {
+            // A patch carries no payloads: its model took the window's place (checked then).
+            Some(plan) => PatchPrefix::LEN as u64 + len as u64 + u64::from(plan.layout.body_len),
+            None => {
+                check_windows(manifest, self.window.len())?;
+                len as u64 + manifest.payload_len()
+            }
+        };
+        let transport_len =
+            u32::try_from(transport_len).map_err(|_| Refusal::NoRoomInSlotB { units })?;
         Ok(Accepted { shift, group, transport_len })
     }
 
@@ -572,24 +927,44 @@ impl<'w, 'l> Agent<'w, 'l> {
             }
             _ => {}
         }
-        let download =
-            Download { release_sequence: release.sequence, image, transport_len, shift, group };
+        let download = Download {
+            release_sequence: release.sequence,
+            image,
+            transport_len,
+            shift,
+            group,
+            form: self.form,
+        };
         self.log.append(flash, Record::Download(download))?;
         let place = Place { slot: Slot::B, shift: shift.into() };
+        let (transport, codec) = match self.patch {
+            Some(plan) => {
+                let body_start = (PatchPrefix::LEN + len) as u32;
+                let decoder = BodyDecoder::new(plan.layout, 0, crate::delta::CRC_START);
+                let hasher = Sha256::new();
+                (
+                    body_start,
+                    Codec::Patch(PatchProgress { decoder, hasher, body_start, started: false }),
+                )
+            }
+            None => (len as u32, Codec::Payload(Progress::start())),
+        };
         self.stage = Stage::Body(Body {
             header_len: len,
             shift,
             group,
             transport_len,
-            transport: len as u32,
+            transport,
             index: 0,
-            progress: Progress::start(),
-            writer: SlotWriter::new(place, 0),
-            written_end: len as u32,
-            last_checkpoint: 0,
+            codec,
+            out: Output {
+                writer: SlotWriter::new(place, 0),
+                written_end: len as u32,
+                last_checkpoint: 0,
+            },
         });
         let Stage::Body(body) = &mut self.stage else { return Err(UpdateError::NotStarted) };
-        body.writer.write(flash, self.layout, 0, &self.header[..len])?;
+        body.out.writer.write(flash, self.layout, 0, &self.header[..len])?;
         Ok(())
     }
 
@@ -612,44 +987,39 @@ impl<'w, 'l> Agent<'w, 'l> {
         input: &[u8],
     ) -> Result<usize, UpdateError> {
         let Stage::Body(body) = &mut self.stage else { return Ok(0) };
+        let Codec::Payload(progress) = &mut body.codec else { return Ok(0) };
         let layout = self.layout;
         let slot_start = layout.slot_layout().start;
         let (component, components) = component_at(&self.header[..body.header_len], body.index)?;
         let start = component.load_address() - slot_start;
         let checkpoint_every = self.config.checkpoint_every.max(1);
 
-        if body.progress.produced == 0 && body.progress.consumed == 0 {
-            // A component starting in a later unit than everything written so far: the unit
-            // it starts in is a durable point too.
-            if let Some(unit) = layout.unit_containing(layout.slot(Slot::A).offset + start) {
-                let boundary = unit.offset - layout.slot(Slot::A).offset;
-                if boundary >= body.written_end
-                    && boundary >= body.last_checkpoint + checkpoint_every
-                {
-                    let cp = Checkpoint {
-                        transport_offset: body.transport,
-                        installed_offset: boundary,
-                        component: body.index as u8,
-                        payload_offset: 0,
-                        decoder: DecoderState::START.to_bytes(),
-                    };
-                    // Everything below a checkpoint must be final: written, and the units of
-                    // the gap before this component erased (a resume starts after them).
-                    body.writer.flush(flash, layout)?;
-                    body.writer.prepare(flash, layout, boundary)?;
-                    self.log.append(flash, Record::Checkpoint(cp))?;
-                    body.last_checkpoint = boundary;
-                }
-            }
+        if progress.produced == 0 && progress.consumed == 0 {
+            let cp = Checkpoint {
+                transport_offset: body.transport,
+                installed_offset: 0,
+                component: body.index as u8,
+                payload_offset: 0,
+                decoder: DecoderState::START.to_bytes(),
+            };
+            checkpoint_component_start(
+                flash,
+                layout,
+                &mut self.log,
+                &mut body.out,
+                start,
+                checkpoint_every,
+                cp,
+            )?;
         }
 
         // A stream starts from a zeroed window (encoders may refer into it), so a new component
         // gets a fresh unpacker; one under way continues on the window it left.
-        let starting = body.progress.consumed == 0 && body.progress.produced == 0;
+        let starting = progress.consumed == 0 && progress.produced == 0;
         let unpacker = if starting {
             Unpacker::new(&component, self.window)
         } else {
-            Unpacker::resume(&component, self.window, body.progress.clone())
+            Unpacker::resume(&component, self.window, progress.clone())
         };
         let mut unpacker =
             unpacker.map_err(|e| UpdateError::Corrupt(component_error(&component, e)))?;
@@ -657,20 +1027,21 @@ impl<'w, 'l> Agent<'w, 'l> {
         let mut out = [0u8; CHUNK];
         let result = loop {
             let position = start + unpacker.produced();
-            let boundary = next_boundary(layout, body.last_checkpoint + checkpoint_every, position);
+            let boundary =
+                next_boundary(layout, body.out.last_checkpoint + checkpoint_every, position);
             let limit = (boundary - position).min(CHUNK as u32) as usize;
             let (used, produced) = match unpacker.step(&input[used_total..], &mut out[..limit]) {
                 Ok(step) => step,
                 Err(e) => break Err(e),
             };
-            body.writer.write(flash, layout, position, &out[..produced])?;
+            body.out.writer.write(flash, layout, position, &out[..produced])?;
             used_total += used;
             body.transport += used as u32;
             if produced > 0 {
-                body.written_end = position + produced as u32;
+                body.out.written_end = position + produced as u32;
             }
             if produced > 0 && position + produced as u32 == boundary {
-                body.writer.flush(flash, layout)?;
+                body.out.writer.flush(flash, layout)?;
                 let cp = Checkpoint {
                     transport_offset: body.transport,
                     installed_offset: boundary,
@@ -679,7 +1050,7 @@ impl<'w, 'l> Agent<'w, 'l> {
                     decoder: unpacker.decoder_state().to_bytes(),
                 };
                 self.log.append(flash, Record::Checkpoint(cp))?;
-                body.last_checkpoint = boundary;
+                body.out.last_checkpoint = boundary;
             }
             if used == 0 && produced == 0 {
                 break Ok(());
@@ -687,7 +1058,7 @@ impl<'w, 'l> Agent<'w, 'l> {
         };
         let result = result.and_then(|()| {
             if unpacker.remaining_input() > 0 {
-                body.progress = unpacker.progress();
+                *progress = unpacker.progress();
                 return Ok(false);
             }
             unpacker.finish().map(|_| true)
@@ -696,7 +1067,7 @@ impl<'w, 'l> Agent<'w, 'l> {
             Ok(false) => Ok(used_total),
             Ok(true) => {
                 body.index += 1;
-                body.progress = Progress::start();
+                body.codec = Codec::Payload(Progress::start());
                 if body.index == components {
                     let Stage::Body(body) = core::mem::replace(&mut self.stage, Stage::Idle) else {
                         return Ok(used_total);
@@ -726,8 +1097,10 @@ impl<'w, 'l> Agent<'w, 'l> {
             Stage::Complete(body) => body,
             Stage::Idle => return Err(UpdateError::NotStarted),
             other => {
+                let base = if self.patch.is_some() { PatchPrefix::LEN } else { 0 };
                 let (received, expected) = match &other {
-                    Stage::Header { have } => (*have as u32, 0),
+                    Stage::PatchPrefix { have } => (*have as u32, 0),
+                    Stage::Header { have } => ((base + *have) as u32, 0),
                     Stage::Body(b) => (b.transport, b.transport_len),
                     _ => (0, 0),
                 };
@@ -735,7 +1108,7 @@ impl<'w, 'l> Agent<'w, 'l> {
                 return Err(UpdateError::Incomplete { received, expected });
             }
         };
-        body.writer.flush(flash, self.layout)?;
+        body.out.writer.flush(flash, self.layout)?;
         let place = Place { slot: Slot::B, shift: body.shift.into() };
         // The signatures were verified on the header as it arrived (`check_header`): slot B
         // must hold those very bytes, and the components their hashes. Comparing the header
@@ -798,6 +1171,59 @@ fn next_boundary(layout: &FlashLayout, at_least: u32, position: u32) -> u32 {
         .map(|u| u.offset - a.offset)
         .find(|&b| b >= at_least && b > position)
         .unwrap_or(u32::MAX)
+}
+
+/// Like [`next_boundary`], for a patch: the first erase unit boundary at or after `at_least`
+/// and after `position` where a segment starts (a block boundary); `u32::MAX` if none.
+fn next_segment_boundary(
+    layout: &FlashLayout,
+    body: &BodyLayout,
+    at_least: u32,
+    position: u32,
+) -> u32 {
+    let a = layout.slot(Slot::A);
+    layout
+        .units()
+        .filter(|u| u.offset >= a.offset && u.offset < a.end())
+        .map(|u| u.offset - a.offset)
+        .find(|&b| b >= at_least && b > position && body.is_block_boundary(b))
+        .unwrap_or(u32::MAX)
+}
+
+/// A component starting in a later unit than everything written so far: the unit it starts in
+/// is a durable point too (the component's decoding starts from nothing). Records `cp` there
+/// (its installed offset set to the unit's start) if it is `every` bytes past the last one.
+fn checkpoint_component_start<F: NorFlash>(
+    flash: &mut F,
+    layout: &FlashLayout,
+    log: &mut StateLog<'_>,
+    body: &mut Output,
+    start: u32,
+    every: u32,
+    cp: Checkpoint,
+) -> Result<(), UpdateError> {
+    let a = layout.slot(Slot::A).offset;
+    let Some(unit) = layout.unit_containing(a + start) else { return Ok(()) };
+    let boundary = unit.offset - a;
+    if boundary < body.written_end || boundary < body.last_checkpoint + every {
+        return Ok(());
+    }
+    // Everything below a checkpoint must be final: written, and the units of the gap before
+    // this component erased (a resume starts after them).
+    body.writer.flush(flash, layout)?;
+    body.writer.prepare(flash, layout, boundary)?;
+    log.append(flash, Record::Checkpoint(Checkpoint { installed_offset: boundary, ..cp }))?;
+    body.last_checkpoint = boundary;
+    Ok(())
+}
+
+/// What a patch checkpoint keeps in its decoder field: the body's CRC register so far, and the
+/// CRC the patch gives (the fixed start is not sent again after a reset).
+fn patch_checkpoint_state(decoder: &BodyDecoder, layout: &BodyLayout) -> [u8; 8] {
+    let mut state = [0; 8];
+    state[..4].copy_from_slice(&decoder.crc().to_le_bytes());
+    state[4..].copy_from_slice(&layout.body_crc.to_le_bytes());
+    state
 }
 
 /// Component `index` of the header `header` (already checked), and how many components it has.

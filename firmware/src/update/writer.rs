@@ -6,7 +6,7 @@ use embedded_storage::nor_flash::NorFlash;
 
 use crate::flash::io::{self, CHUNK};
 use crate::flash::{FlashLayout, Region};
-use crate::slot::{Place, SlotError, flash_offset};
+use crate::slot::{Place, SlotError, flash_offset, read_installed};
 
 pub(crate) struct SlotWriter {
     place: Place,
@@ -45,6 +45,29 @@ impl SlotWriter {
             self.block[within..within + n].copy_from_slice(&bytes[..n]);
             at += n as u32;
             bytes = &bytes[n..];
+        }
+        Ok(())
+    }
+
+    /// Reads installed bytes `[at, at + buf.len())` as written so far: from flash, and from the
+    /// block being filled where they are still there.
+    pub(crate) fn read<F: NorFlash>(
+        &self,
+        flash: &mut F,
+        layout: &FlashLayout,
+        at: u32,
+        buf: &mut [u8],
+    ) -> Result<(), SlotError> {
+        read_installed(flash, layout, self.place, at, buf)?;
+        if let Some(base) = self.block_base {
+            for (i, byte) in buf.iter_mut().enumerate() {
+                let position = at as usize + i;
+                if let Some(&pending) =
+                    position.checked_sub(base as usize).and_then(|j| self.block.get(j))
+                {
+                    *byte = pending;
+                }
+            }
         }
         Ok(())
     }

@@ -15,12 +15,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
+use bench::{build_input, machine, run, time};
 use ed25519_dalek::{Signer, SigningKey};
 use firmware::image::{HeatshrinkParams, compress};
 use sha2::{Digest, Sha256};
 
-const INPUT_LEN: usize = 1 << 20;
+#[path = "../common/bench.rs"]
+mod bench;
+
 /// Where bench-4m's first component is linked (slot A + header).
 const LINK_ADDRESS: &str = "0x10010400";
 
@@ -183,26 +186,6 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// Median wall time of `runs` calls.
-fn time(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<Duration> {
-    let mut times = Vec::with_capacity(runs);
-    for _ in 0..runs.max(1) {
-        let start = Instant::now();
-        f()?;
-        times.push(start.elapsed());
-    }
-    times.sort();
-    Ok(times[times.len() / 2])
-}
-
-fn run(command: &mut Command) -> Result<()> {
-    let out = command.output().with_context(|| format!("cannot run {command:?}"))?;
-    if !out.status.success() {
-        bail!("{command:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
-}
-
 fn build_imager(release_dir: &Path) -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run(Command::new(cargo).args([
@@ -217,37 +200,6 @@ fn build_imager(release_dir: &Path) -> Result<PathBuf> {
     Ok(release_dir.join("imager"))
 }
 
-/// Builds (once) the 1 MiB input from thumb-app.cpp.
-fn build_input(here: &Path, work: &Path) -> Result<PathBuf> {
-    let out = work.join("thumb-app.bin");
-    if std::fs::metadata(&out).is_ok_and(|m| m.len() == INPUT_LEN as u64) {
-        return Ok(out);
-    }
-    let mut code = Vec::new();
-    for (name, flags) in [
-        ("m0", &["-mcpu=cortex-m0", "-mfloat-abi=soft"][..]),
-        ("m4f", &["-mcpu=cortex-m4", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"][..]),
-    ] {
-        let elf = work.join(format!("thumb-app-{name}.elf"));
-        let bin = work.join(format!("thumb-app-{name}.bin"));
-        run(Command::new("arm-none-eabi-g++")
-            .args(["-mthumb", "-Os", "-w", "--specs=nosys.specs"])
-            .args(flags)
-            .arg(here.join("thumb-app.cpp"))
-            .arg("-o")
-            .arg(&elf))
-        .context("arm-none-eabi-g++ is needed (Debian: gcc-arm-none-eabi libstdc++-arm-none-eabi-newlib)")?;
-        run(Command::new("arm-none-eabi-objcopy").args(["-O", "binary"]).arg(&elf).arg(&bin))?;
-        code.extend(std::fs::read(&bin)?);
-    }
-    if code.len() < INPUT_LEN {
-        bail!("the two builds give {} bytes, fewer than 1 MiB", code.len());
-    }
-    code.truncate(INPUT_LEN);
-    std::fs::write(&out, code)?;
-    Ok(out)
-}
-
 /// Size of the reference C encoder's stream for (w, l), when python3 has heatshrink2.
 fn reference_size(input: &Path, w: u8, l: u8) -> Option<usize> {
     let script = format!(
@@ -255,17 +207,4 @@ fn reference_size(input: &Path, w: u8, l: u8) -> Option<usize> {
     );
     let out = Command::new("python3").args(["-c", &script]).arg(input).output().ok()?;
     String::from_utf8(out.stdout).ok()?.trim().parse().ok()
-}
-
-fn machine() -> String {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    format!("{cpus} cores, {model}")
 }

@@ -108,6 +108,58 @@ fn boot_hashes_only(keys: &[TrustedKey]) -> bool {
     boot(&mut ProbeFlash, &layout, &config).is_ok()
 }
 
+/// The patch of `docs/delta.md`'s test vector: from `VECTOR` to its v1.0.1.
+static DELTA: &[u8] = include_bytes!("delta.fwp");
+
+/// Where the patch's body starts, its layout and its components' installed ranges, read
+/// outside the measured frame (the agent reads them in frames of their own).
+fn delta_plan() -> Option<(usize, firmware::delta::BodyLayout, [(u32, u32); 2])> {
+    use firmware::delta::{PatchPrefix, source_range};
+    let prefix = PatchPrefix::parse(DELTA).ok()?;
+    let target = Header::parse(DELTA.get(PatchPrefix::LEN..)?).ok()?;
+    let source = Header::parse(INSTALLED).ok()?;
+    let (start, end) = source_range(source.manifest(), 0x1_0000);
+    let mut ranges = [(0, 0); 2];
+    for (range, c) in ranges.iter_mut().zip(target.manifest().components()) {
+        let at = c.load_address() - 0x1_0000;
+        *range = (at, at + c.size());
+    }
+    Some((PatchPrefix::LEN + target.len(), prefix.body_layout(start, end), ranges))
+}
+
+/// Decodes the patch's body, reading the source from the installed test vector: the patch
+/// decoder's own stack (the agent adds its frame: a 256-byte output buffer, the hash).
+#[inline(never)]
+fn decode_delta(
+    window: &mut [u8],
+    body_start: usize,
+    layout: firmware::delta::BodyLayout,
+    ranges: &[(u32, u32)],
+) -> u32 {
+    use firmware::delta::{BodyDecoder, CRC_START, Model};
+    let Some(mut model) = Model::new(window) else { return 0 };
+    let mut decoder = BodyDecoder::new(layout, 0, CRC_START);
+    let mut body = DELTA.get(body_start..).unwrap_or_default();
+    // The test vector's patch repeats nothing of its own target: only the source is read.
+    let mut read = |_, at: u32, buf: &mut [u8]| ProbeFlash.read(at, buf);
+    let mut produced_total = 0;
+    for &(start, end) in ranges {
+        decoder.start_component(start, start, end);
+        let mut out = [0u8; 64];
+        while !decoder.component_done() {
+            let Ok((taken, produced)) = decoder.step(&mut model, body, &mut out, &mut read) else {
+                return 0;
+            };
+            body = body.get(taken..).unwrap_or_default();
+            produced_total += produced as u32;
+            if taken == 0 && produced == 0 {
+                return 0;
+            }
+        }
+    }
+    if decoder.finish().is_err() { 0 } else { produced_total }
+}
+
 #[entry]
 fn main() -> ! {
     let keys = [TrustedKey::from_bytes(&PUBLIC_KEY).unwrap()];
@@ -125,6 +177,12 @@ fn main() -> ! {
     );
     let (hashes_stack, hashed) = stack_used(|| boot_hashes_only(&keys));
     hprintln!("boot without signature check: ok={} stack={} B", hashed, hashes_stack);
+    let mut window = [0u8; 1024];
+    if let Some((body_start, layout, ranges)) = delta_plan() {
+        let (delta_stack, produced) =
+            stack_used(|| decode_delta(&mut window, body_start, layout, &ranges));
+        hprintln!("patch body decode (test vector): produced={} B stack={} B", produced, delta_stack);
+    }
     use core::mem::size_of;
     hprintln!(
         "sizes: Manifest {} B, Header {} B, StateLog {} B, Agent {} B (+ window {} B), Unpacker {} B, Sha256 {} B",
@@ -143,6 +201,12 @@ fn main() -> ! {
         size_of::<firmware::image::ImageError>(),
         size_of::<TrustedKey>(),
         size_of::<firmware::flash::FlashLayout>(),
+    );
+    hprintln!(
+        "sizes: BodyDecoder {} B (+ model {} B in the window), Refusal {} B",
+        size_of::<firmware::delta::BodyDecoder>(),
+        firmware::delta::MODEL_BYTES,
+        size_of::<firmware::update::Refusal>(),
     );
     hprintln!(
         "free stack for the measurements: {} B",
