@@ -14,6 +14,9 @@ need_apt arm-none-eabi-objcopy binutils-arm-none-eabi "factory files read back"
 need_apt openssl openssl "imager's keys read by OpenSSL"
 need_pip heatshrink2 heatshrink2==0.15.0 "the reference C heatshrink"
 need_pg "the server's tests run on PostgreSQL too"
+# Garage with only its LMDB metadata engine: no SQLite, K2V or metrics to compile (a third less).
+# It refuses to build without bundled-libs or system-libs; bundled-libs needs no system library.
+need_cargo_install garage garage 2.5.0 "the S3 object store the server's replicas share" bundled-libs lmdb
 tools_check_done
 
 echo "running the tests:"

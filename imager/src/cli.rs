@@ -269,7 +269,8 @@ pub struct BoardsArgs {
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "Server")]
 pub struct ServerArgs {
-    /// The ota-server's URL, http://HOST:PORT.
+    /// The ota-server's URL, http://HOST:PORT (or several replicas' URLs, separated by commas:
+    /// a request goes to another when one cannot be reached).
     #[arg(long, env = client::SERVER_VAR, value_name = "URL")]
     pub server: Option<String>,
     /// API token (its role decides what may be done).

@@ -76,6 +76,18 @@ pub enum AuditAction {
     #[serde(rename = "token.revoke")]
     #[strum(serialize = "token.revoke")]
     TokenRevoke,
+    /// A rollout's next stage started (by itself: enough devices confirmed).
+    #[serde(rename = "rollout.advance")]
+    #[strum(serialize = "rollout.advance")]
+    RolloutAdvance,
+    /// A rollout's last stage is done.
+    #[serde(rename = "rollout.complete")]
+    #[strum(serialize = "rollout.complete")]
+    RolloutComplete,
+    /// A rollout halted by itself: failures passed the threshold.
+    #[serde(rename = "rollout.halt")]
+    #[strum(serialize = "rollout.halt")]
+    RolloutHalt,
 }
 
 /// One audit log entry.
@@ -85,7 +97,8 @@ pub struct AuditEntry {
     pub seq: i64,
     /// When.
     pub at: Timestamp,
-    /// Who: the token's name (`cli` for the server's own command line).
+    /// Who: the token's name (`cli` for the server's own command line, `server` for what the
+    /// rollout engine does by itself).
     pub actor: String,
     /// The token's role.
     pub role: Role,

@@ -198,6 +198,11 @@ impl Fleet {
                 if let Some(env) = self.environments.iter_mut().find(|e| &e.row.name == name) {
                     env.row.rollout = rollout.clone();
                 }
+                let boards: Vec<BoardName> =
+                    self.released_boards(name).into_iter().cloned().collect();
+                for board in boards {
+                    self.refresh_cutoffs(name, &board);
+                }
             }
             Mutation::InsertRelease(row) => {
                 let list = self.releases.entry(row.environment.clone()).or_default();
@@ -211,6 +216,7 @@ impl Fleet {
                 }
                 list.push(Release { row: (**row).clone(), cutoffs: Vec::new() });
                 list.sort_by_key(|r| r.row.sequence);
+                self.refresh_cutoffs(&row.environment, &row.board);
             }
             Mutation::MoveRollout { environment, sequence, from, to, reason } => {
                 if let Some(r) = self
@@ -233,6 +239,14 @@ impl Fleet {
             Mutation::EnrollDevices(rows) => {
                 for row in rows {
                     self.enroll(row.clone());
+                }
+                // Stage membership is by rank among the environment's devices of a board.
+                let mut pairs: Vec<(&EnvironmentName, &BoardName)> =
+                    rows.iter().map(|r| (&r.environment, &r.board)).collect();
+                pairs.sort_unstable();
+                pairs.dedup();
+                for (env, board) in pairs {
+                    self.refresh_cutoffs(env, board);
                 }
             }
             Mutation::SetDeviceToken { id, token_hash } => {
@@ -386,17 +400,24 @@ impl Fleet {
         rollout::offered(release.at(), &release.cutoffs, device.bucket)
     }
 
-    /// Re-evaluates the current release of (`env`, `board`): refreshes its stage bounds and
-    /// returns the move its devices call for, if any (to be committed; the model moves when
-    /// it is).
-    pub fn evaluate(&mut self, env: &str, board: &str) -> Option<Mutation> {
-        let settings = self.environment(env)?.row.rollout.clone();
-        let bounds =
-            rollout::cutoffs(self.devices_on(env, board).map(|d| d.bucket), &settings.stages);
+    /// Recomputes the stage bounds of the current release of (`env`, `board`): whenever the
+    /// release, the environment's stages or its devices change, on every replica alike.
+    fn refresh_cutoffs(&mut self, env: &str, board: &str) -> Option<()> {
+        let stages = self.environment(env)?.row.rollout.stages.clone();
+        let bounds = rollout::cutoffs(self.devices_on(env, board).map(|d| d.bucket), &stages);
         let current =
             self.releases.get_mut(env)?.iter_mut().rev().find(|r| r.row.board == board)?;
-        current.cutoffs = bounds.clone();
+        current.cutoffs = bounds;
+        Some(())
+    }
+
+    /// Re-evaluates the current release of (`env`, `board`): returns the move its devices call
+    /// for, if any (to be committed; the model moves when it is).
+    pub fn evaluate(&mut self, env: &str, board: &str) -> Option<Mutation> {
+        let settings = self.environment(env)?.row.rollout.clone();
+        self.refresh_cutoffs(env, board)?;
         let release = self.current(env, board)?;
+        let bounds = release.cutoffs.clone();
         let devices = self.devices_on(env, board);
         let next =
             rollout::evaluate(&settings, release.at(), release.row.image_id, devices, &bounds)?;

@@ -278,15 +278,36 @@ fn test_then_staged_prod_then_halt_and_rollback(backend: Backend) {
         "release.rollback",
         "release.pause",
         "release.resume",
+        "rollout.advance",
+        "rollout.complete",
+        "rollout.halt",
     ] {
         assert!(actions.contains(&a), "{a} missing from {actions:?}");
     }
-    assert!(
-        audit
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|a| a["actor"] == "admin" || a["action"] == "server.init")
+    // People act through their tokens; the rollout engine moves rollouts by itself.
+    for entry in audit.as_array().unwrap() {
+        let action = entry["action"].as_str().unwrap();
+        let expected = match action {
+            "server.init" => "cli",
+            a if a.starts_with("rollout.") => "server",
+            _ => "admin",
+        };
+        assert_eq!(entry["actor"], expected, "{entry}");
+    }
+    // Prod's staged rollout of v2 (its first release) advanced through each stage once, then completed.
+    let moves: Vec<(&str, u64)> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .filter(|a| {
+            a["target"] == "prod/1" && a["action"].as_str().unwrap().starts_with("rollout.")
+        })
+        .map(|a| (a["action"].as_str().unwrap(), a["detail"]["to"]["stage"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        moves,
+        vec![("rollout.advance", 1), ("rollout.advance", 2), ("rollout.complete", 2)]
     );
 }
 

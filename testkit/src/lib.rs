@@ -3,8 +3,32 @@
 //! that stops it once its test process is gone).
 //!
 //! - [`pg`]: a throwaway PostgreSQL cluster (Debian's `postgresql` package).
+//! - [`garage`]: a throwaway Garage node, an S3-compatible object store (crates.io's `garage`,
+//!   installed into `target/tools` by scripts/test.sh).
 
+pub mod garage;
 pub mod pg;
+
+/// Which store a test's ota-server runs on: every test about the server's behaviour runs on
+/// both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// An SQLite file in the data folder (the embedded default).
+    Sqlite,
+    /// A fresh database on the test process's PostgreSQL cluster.
+    Postgres,
+}
+
+impl Backend {
+    /// The `--database` URL for a new server on this backend (`None`: the data folder's
+    /// SQLite file).
+    pub fn database(self) -> Option<String> {
+        match self {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(pg::Postgres::shared().create_database()),
+        }
+    }
+}
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -37,6 +61,17 @@ pub fn find_program(name: &str, also: &[&str]) -> Option<PathBuf> {
         }
     }
     on_path.into_iter().chain(extra).find(|p| p.is_file())
+}
+
+/// Runs the shell `script` in the background, detached from this process's output: a
+/// watchdog that outlives the test process to stop what it started.
+fn watchdog(script: &str) {
+    let _ = Command::new("sh")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
 }
 
 /// Whether this process runs as root (services that refuse root are then run as `nobody`).

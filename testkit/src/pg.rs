@@ -150,12 +150,7 @@ impl Postgres {
             data = crate::shell_quote(&self.data()),
             dir = crate::shell_quote(&self.dir.path().display().to_string()),
         );
-        let _ = Command::new("sh")
-            .args(["-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
+        crate::watchdog(&script);
     }
 
     /// `program` as a shell command line (its path quoted: the `setpriv` prefix is several

@@ -43,11 +43,10 @@ async fn current(admin: &Client) -> usize {
     admin.devices(&filter).await.map_or(0, |d| d.len())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fleet_rides_out_the_server_killed_and_restarted() {
+async fn a_fleet_rides_out_the_server_killed_and_restarted(backend: Backend) {
     const DEVICES: usize = 40;
     let dir = tempfile::tempdir().unwrap();
-    let (mut server, keys) = Server::with_new_keys(&dir);
+    let (mut server, keys) = Server::with_new_keys_on(&dir, backend);
     let (v1, _) = fuse(&dir, &keys.build, "1.0.0");
     let (v2, v2_id) = fuse(&dir, &keys.build, "2.0.0");
     ok(Some(&server), &["push", &v2]);
@@ -112,3 +111,5 @@ async fn an_outage_longer_than_the_limit_ends_the_run_and_says_so() {
     // The devices are all still there, and none started an update.
     assert_eq!(fleet.devices().len(), 6);
 }
+
+both_backends!(a_fleet_rides_out_the_server_killed_and_restarted);

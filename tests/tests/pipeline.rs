@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
@@ -15,21 +14,7 @@ use tests::fleet::device::Behaviour;
 use tests::fleet::{Fleet, Options, Summary};
 
 fn options(server: &Server, env: &str, devices: usize, prefix: &str, cuts: f64) -> Options {
-    Options {
-        server: server.url.clone(),
-        token: server.token.clone(),
-        devices,
-        board: "microbit".parse().unwrap(),
-        environment: env.parse().unwrap(),
-        prefix: prefix.into(),
-        behaviour: Behaviour { fail_ratio: 0.0, power_cut_ratio: cuts },
-        checkin_interval: Duration::from_millis(20),
-        max_idle_rounds: 50,
-        concurrency: 64,
-        seed: 7,
-        verbose: false,
-        outage_limit: Duration::from_secs(60),
-    }
+    fleet_options(server, env, devices, prefix, cuts)
 }
 
 fn running(summary: &Summary) -> BTreeMap<String, usize> {
@@ -49,7 +34,7 @@ fn clean(s: &Summary) {
     assert_eq!(s.error_count, 0, "{:?}", s.errors);
 }
 
-async fn pipeline(cuts: f64) {
+async fn pipeline(cuts: f64, backend: Backend) {
     let mut cut_phases: BTreeMap<String, u64> = BTreeMap::new();
     let mut run = async |fleet: &mut Fleet| {
         let s = fleet.run().await.unwrap();
@@ -60,7 +45,7 @@ async fn pipeline(cuts: f64) {
         s
     };
     let dir = tempfile::tempdir().unwrap();
-    let (server, keys) = Server::with_new_keys(&dir);
+    let (server, keys) = Server::with_new_keys_on(&dir, backend);
     let (build, prod_key) = (keys.build, keys.prod);
     let (v1, v1_id) = fuse(&dir, &build, "1.0.0");
     let (v2, v2_id) = fuse(&dir, &build, "2.0.0");
@@ -160,15 +145,16 @@ async fn pipeline(cuts: f64) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn test_to_prod_failures_and_rollback() {
-    pipeline(0.0).await;
+async fn test_to_prod_failures_and_rollback(backend: Backend) {
+    pipeline(0.0, backend).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_same_with_power_cuts() {
-    pipeline(0.4).await;
+async fn the_same_with_power_cuts(backend: Backend) {
+    pipeline(0.4, backend).await;
 }
+
+both_backends!(test_to_prod_failures_and_rollback);
+both_backends!(the_same_with_power_cuts);
 
 /// The `fleet-sim` command: JSON summary, taking over its enrollment on a second run, refusals.
 #[test]

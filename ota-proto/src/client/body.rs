@@ -28,12 +28,7 @@ impl RequestBody {
         RequestBody { data: Bytes::new(), sent: 0, progress: None }
     }
 
-    /// `data`, in one frame.
-    pub fn full(data: Bytes) -> Self {
-        RequestBody { data, sent: 0, progress: None }
-    }
-
-    /// `data` in chunks, telling `progress` after each.
+    /// `data`: in one frame, or with `progress`, in chunks, telling it after each.
     pub fn file(data: Bytes, progress: Option<Progress>) -> Self {
         RequestBody { data, sent: 0, progress }
     }

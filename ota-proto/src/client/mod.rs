@@ -10,11 +10,12 @@ mod body;
 mod error;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http_body_util::BodyExt;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, LOCATION, RANGE};
-use hyper::{Method, Request, StatusCode};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, LOCATION};
+use hyper::{Request, StatusCode};
 use hyper_util::client::legacy::Client as Pool;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -26,6 +27,7 @@ use body::RequestBody;
 /// The bytes of a file to upload ([`Client::upload`]) or downloaded.
 pub use bytes::Bytes;
 pub use error::{ApiError, Error};
+pub use hyper::Method;
 
 use crate::*;
 
@@ -69,11 +71,16 @@ pub struct Uploaded {
     pub new: bool,
 }
 
-/// A connection to one ota-server, with one token.
+/// A connection to an ota-server (or to several replicas of one), with one token.
+///
+/// Given several servers (`http://a:8080,http://b:8080`), each request goes to one of them at
+/// random, and to the next one when it cannot be delivered: replicas behave as one server, so
+/// any of them will do, and a lost replica costs a retry, not an outage.
 #[derive(Clone)]
 pub struct Client {
     pool: Pool<HttpConnector, RequestBody>,
-    base: Arc<str>,
+    servers: Arc<[Arc<str>]>,
+    turn: Arc<AtomicUsize>,
     authorization: Option<HeaderValue>,
     timeout: Duration,
 }
@@ -81,8 +88,16 @@ pub struct Client {
 impl std::fmt::Debug for Client {
     /// Never shows the token.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("base", &self.base).finish_non_exhaustive()
+        f.debug_struct("Client").field("servers", &self.servers).finish_non_exhaustive()
     }
+}
+
+/// A request's body, kept so that it can be sent again to another replica.
+#[derive(Clone)]
+struct Payload {
+    content_type: String,
+    bytes: Bytes,
+    progress: Option<Progress>,
 }
 
 /// The base URL from what a user gave: `http://` added when no scheme is given, trailing
@@ -108,8 +123,18 @@ pub fn base_url(server: &str) -> Result<String, Error> {
 
 impl Client {
     /// A client for the server at `server` (`http://host:port`; `host:port` alone means plain
-    /// HTTP) with the bearer `token` (management or device). Makes no connection yet.
+    /// HTTP; several replicas separated by commas) with the bearer `token` (management or
+    /// device). Makes no connection yet.
     pub fn new(server: &str, token: &str) -> Result<Client, Error> {
+        let servers = server
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| base_url(s).map(Arc::<str>::from))
+            .collect::<Result<Vec<_>, _>>()?;
+        if servers.is_empty() {
+            return Err(Error::Setting("no ota-server URL given".into()));
+        }
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(10)));
@@ -117,9 +142,14 @@ impl Client {
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(256)
             .build(connector);
+        // Where each client starts its turns: clients made at once spread over the replicas.
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() as usize);
         let client = Client {
             pool,
-            base: base_url(server)?.into(),
+            servers: servers.into(),
+            turn: Arc::new(AtomicUsize::new(seed)),
             authorization: None,
             timeout: Duration::from_secs(300),
         };
@@ -152,7 +182,9 @@ impl Client {
             })?;
         let mut value = value;
         value.set_sensitive(true);
-        Ok(Client { authorization: Some(value), ..self.clone() })
+        // Its own turns: devices made from one client spread over the replicas too.
+        let turn = Arc::new(AtomicUsize::new(self.turn.fetch_add(1, Ordering::Relaxed)));
+        Ok(Client { authorization: Some(value), turn, ..self.clone() })
     }
 
     /// How long one exchange may take, connecting and reading the whole answer included
@@ -162,9 +194,23 @@ impl Client {
         self
     }
 
-    /// The server's base URL (`http://host:port`).
+    /// The (first) server's base URL (`http://host:port`).
     pub fn base(&self) -> &str {
-        &self.base
+        &self.servers[0]
+    }
+
+    /// Every server's base URL.
+    pub fn servers(&self) -> impl Iterator<Item = &str> {
+        self.servers.iter().map(|s| &**s)
+    }
+
+    /// The servers in the order this request tries them: from a random one (a step of a
+    /// multiplicative hash over the client's turns), then the others in turn.
+    fn order(&self) -> impl Iterator<Item = &Arc<str>> {
+        let n = self.servers.len();
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        let start = (turn.wrapping_mul(0x9E37_79B9_7F4A_7C15_u64 as usize) >> 7) % n;
+        (0..n).map(move |i| &self.servers[(start + i) % n])
     }
 
     // ----- images -----
@@ -182,10 +228,10 @@ impl Client {
     /// `POST /images`: stores an image file (the server checks it first). `progress`, if
     /// given, hears how many bytes have been sent so far.
     pub async fn upload(&self, file: Bytes, progress: Option<Progress>) -> Result<Uploaded, Error> {
-        let body = RequestBody::file(file, progress);
-        let request =
-            self.request(Method::POST, "/images", Some(("application/octet-stream", body)));
-        let (status, bytes) = self.exchange("POST", "/images", request?, MAX_RESPONSE).await?;
+        let payload =
+            Payload { content_type: "application/octet-stream".into(), bytes: file, progress };
+        let path = format!("{API_PREFIX}/images");
+        let (status, bytes) = self.exchange(Method::POST, &path, Some(payload)).await?;
         let image = decode("POST", "/images", status, &bytes)?;
         Ok(Uploaded { image, new: status == StatusCode::CREATED })
     }
@@ -378,67 +424,56 @@ impl Client {
     pub async fn event(&self, event: &NewEvent) -> Result<(), Error> {
         let path = "/device/events";
         let json = Bytes::from(serde_json::to_vec(event).map_err(|e| Error::encode(path, e))?);
-        let request =
-            self.request(Method::POST, path, Some(("application/json", RequestBody::full(json))))?;
-        self.exchange("POST", path, request, MAX_RESPONSE).await.map(|_| ())
+        let payload =
+            Payload { content_type: "application/json".into(), bytes: json, progress: None };
+        self.exchange(Method::POST, &format!("{API_PREFIX}{path}"), Some(payload)).await.map(|_| ())
     }
 
     /// `GET` of a download URL as the server names it (server-relative, `/api/v1/...`, or
     /// absolute), from byte `from` (a `Range` request when not 0): the bytes, at most `limit`.
     /// A redirect (to a presigned object-store URL, say) is followed, without the token.
     pub async fn download(&self, url: &str, from: u64, limit: usize) -> Result<Bytes, Error> {
-        let mut target = if url.starts_with('/') {
-            format!("{}{url}", self.base)
+        let range = format!("bytes={from}-");
+        let headers: &[(&str, &str)] = if from > 0 { &[("range", &range)] } else { &[] };
+        let expected = if from > 0 { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
+        let (mut parts, mut body) = if url.starts_with('/') {
+            self.fetch(Method::GET, url, None, headers, limit).await?
         } else if url.starts_with("http://") {
-            url.to_owned()
+            self.fetch_at(url, headers, limit).await?
         } else {
             return Err(Error::Setting(format!(
                 "download URL {url:?}: not server-relative or http://"
             )));
         };
-        let mut authorize = target.starts_with(&*self.base);
         for _ in 0..4 {
-            let mut request = Request::get(&target);
-            if authorize && let Some(auth) = &self.authorization {
-                request = request.header(AUTHORIZATION, auth.clone());
+            if !parts.status.is_redirection() {
+                if parts.status != expected {
+                    return Err(Error::from_answer("GET", url, parts.status.as_u16(), &body));
+                }
+                return Ok(body);
             }
-            if from > 0 {
-                request = request.header(RANGE, format!("bytes={from}-"));
-            }
-            let request = request
-                .body(RequestBody::empty())
-                .map_err(|e| Error::Setting(format!("download URL {target:?}: {e}")))?;
-            let response = self.send("GET", url, request).await?;
-            let status = response.status();
-            if status.is_redirection() {
-                let location = response
-                    .headers()
-                    .get(LOCATION)
-                    .and_then(|v| v.to_str().ok())
-                    .filter(|l| l.starts_with("http://") || l.starts_with('/'))
-                    .ok_or_else(|| Error::Broken {
-                        base: self.base.to_string(),
-                        reason: format!(
-                            "GET {url}: a redirect ({status}) without a usable Location"
-                        ),
-                    })?;
-                target = if location.starts_with('/') {
-                    format!("{}{location}", self.base)
-                } else {
-                    location.to_owned()
-                };
-                authorize = target.starts_with(&*self.base);
-                continue;
-            }
-            let body = self.read_body("GET", url, response.into_body(), limit).await?;
-            let expected = if from > 0 { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
-            if status != expected {
-                return Err(Error::from_answer("GET", url, status.as_u16(), &body));
-            }
-            return Ok(body);
+            let location = parts
+                .headers
+                .get(LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .filter(|l| l.starts_with("http://") || l.starts_with('/'))
+                .ok_or_else(|| Error::Broken {
+                    base: self.base().to_owned(),
+                    reason: format!(
+                        "GET {url}: a redirect ({}) without a usable Location",
+                        parts.status
+                    ),
+                })?
+                .to_owned();
+            (parts, body) = if location.starts_with('/') {
+                self.fetch(Method::GET, &location, None, headers, limit).await?
+            } else {
+                // Another host (an object store's presigned URL): without our token.
+                self.fetch_at(&location, headers, limit).await?
+            };
         }
         Err(Error::Broken {
-            base: self.base.to_string(),
+            base: self.base().to_owned(),
             reason: format!("GET {url}: too many redirects"),
         })
     }
@@ -476,8 +511,8 @@ impl Client {
 
     /// Any request, as it is, to `path` (from the server root, e.g. `/api/v1/images`), with
     /// this client's token and a body of the given content type (`""`: no `Content-Type`
-    /// header): the status, headers and body as they came. For tests of the wire
-    /// itself (malformed bodies, wrong content types); everything else has a typed method.
+    /// header): the status, headers and body as they came. For tests of the wire itself
+    /// (malformed bodies, wrong content types); everything else has a typed method.
     pub async fn raw(
         &self,
         method: Method,
@@ -485,26 +520,12 @@ impl Client {
         body: Option<(&str, Bytes)>,
         headers: &[(&str, &str)],
     ) -> Result<RawReply, Error> {
-        let mut request =
-            Request::builder().method(method.clone()).uri(format!("{}{path}", self.base));
-        if let Some(auth) = &self.authorization {
-            request = request.header(AUTHORIZATION, auth.clone());
-        }
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let body = match body {
-            Some((content_type, bytes)) => {
-                request = request.header(CONTENT_TYPE, content_type);
-                RequestBody::full(bytes)
-            }
-            None => RequestBody::empty(),
-        };
-        let request =
-            request.body(body).map_err(|e| Error::Setting(format!("{method} {path}: {e}")))?;
-        let response = self.send(method.as_str(), path, request).await?;
-        let (parts, incoming) = response.into_parts();
-        let body = self.read_body(method.as_str(), path, incoming, MAX_RESPONSE).await?;
+        let payload = body.map(|(content_type, bytes)| Payload {
+            content_type: content_type.into(),
+            bytes,
+            progress: None,
+        });
+        let (parts, body) = self.fetch(method, path, payload, headers, MAX_RESPONSE).await?;
         Ok(RawReply { status: parts.status.as_u16(), headers: parts.headers, body })
     }
 
@@ -526,99 +547,143 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, Error> {
-        let body = match body {
+        let payload = match body {
             Some(b) => {
                 let json = serde_json::to_vec(b).map_err(|e| Error::encode(path, e))?;
-                Some(("application/json", RequestBody::full(Bytes::from(json))))
+                Some(Payload {
+                    content_type: "application/json".into(),
+                    bytes: Bytes::from(json),
+                    progress: None,
+                })
             }
             None => None,
         };
         let name = method.to_string();
-        let request = self.request(method, path, body)?;
-        let (status, bytes) = self.exchange(&name, path, request, MAX_RESPONSE).await?;
+        let (status, bytes) =
+            self.exchange(method, &format!("{API_PREFIX}{path}"), payload).await?;
         decode(&name, path, status, &bytes)
     }
 
-    fn request(
+    /// Sends to one of the servers and reads the whole answer; a non-2xx status is an error.
+    async fn exchange(
         &self,
         method: Method,
         path: &str,
-        body: Option<(&str, RequestBody)>,
-    ) -> Result<Request<RequestBody>, Error> {
-        let mut request = Request::builder()
-            .method(method.clone())
-            .uri(format!("{}{API_PREFIX}{path}", self.base));
-        if let Some(auth) = &self.authorization {
-            request = request.header(AUTHORIZATION, auth.clone());
-        }
-        let body = match body {
-            Some((content_type, body)) => {
-                request = request.header(CONTENT_TYPE, content_type);
-                body
-            }
-            None => RequestBody::empty(),
-        };
-        request.body(body).map_err(|e| Error::Setting(format!("{method} {API_PREFIX}{path}: {e}")))
-    }
-
-    /// Sends, reads the whole answer; a non-2xx status is an error.
-    async fn exchange(
-        &self,
-        method: &str,
-        path: &str,
-        request: Request<RequestBody>,
-        limit: usize,
+        payload: Option<Payload>,
     ) -> Result<(StatusCode, Bytes), Error> {
-        let response = self.send(method, path, request).await?;
-        let status = response.status();
-        let body = self.read_body(method, path, response.into_body(), limit).await?;
-        if !status.is_success() {
-            return Err(Error::from_answer(
-                method,
-                &format!("{API_PREFIX}{path}"),
-                status.as_u16(),
-                &body,
-            ));
+        let name = method.to_string();
+        let (parts, body) = self.fetch(method, path, payload, &[], MAX_RESPONSE).await?;
+        if !parts.status.is_success() {
+            return Err(Error::from_answer(&name, path, parts.status.as_u16(), &body));
         }
-        Ok((status, body))
+        Ok((parts.status, body))
     }
 
-    async fn send(
+    /// A request to `path` (from the server root) on one of the servers, with the token: the
+    /// answer's head and whole body. A request that could not be delivered goes to the next
+    /// server; a `GET` or `HEAD` also after a broken exchange or a 502–504 (it can be repeated
+    /// harmlessly).
+    async fn fetch(
         &self,
-        method: &str,
+        method: Method,
+        path: &str,
+        payload: Option<Payload>,
+        headers: &[(&str, &str)],
+        limit: usize,
+    ) -> Result<(hyper::http::response::Parts, Bytes), Error> {
+        let repeatable = matches!(method, Method::GET | Method::HEAD);
+        let mut last_error = None;
+        let mut last_answer = None;
+        for base in self.order() {
+            let mut request =
+                Request::builder().method(method.clone()).uri(format!("{base}{path}"));
+            if let Some(auth) = &self.authorization {
+                request = request.header(AUTHORIZATION, auth.clone());
+            }
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            let body = match &payload {
+                Some(p) => {
+                    if !p.content_type.is_empty() {
+                        request = request.header(CONTENT_TYPE, p.content_type.as_str());
+                    }
+                    RequestBody::file(p.bytes.clone(), p.progress.clone())
+                }
+                None => RequestBody::empty(),
+            };
+            let request =
+                request.body(body).map_err(|e| Error::Setting(format!("{method} {path}: {e}")))?;
+            match self.round_trip(base, &method, path, request, limit).await {
+                // Another replica may do better; if none does, this is the answer.
+                Ok(answer) if repeatable && matches!(answer.0.status.as_u16(), 502..=504) => {
+                    last_answer = Some(answer);
+                }
+                Ok(answer) => return Ok(answer),
+                Err(e @ Error::Unreachable { .. }) => last_error = Some(e),
+                Err(e @ (Error::Broken { .. } | Error::Timeout { .. })) if repeatable => {
+                    last_error = Some(e)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        match (last_answer, last_error) {
+            (Some(answer), _) => Ok(answer),
+            (None, Some(e)) => Err(e),
+            (None, None) => Err(Error::Setting("no ota-server URL given".into())),
+        }
+    }
+
+    /// A `GET` of an absolute URL (another host: without the token).
+    async fn fetch_at(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+        limit: usize,
+    ) -> Result<(hyper::http::response::Parts, Bytes), Error> {
+        let mut request = Request::get(url);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request
+            .body(RequestBody::empty())
+            .map_err(|e| Error::Setting(format!("GET {url}: {e}")))?;
+        let host = url.split('/').take(3).collect::<Vec<_>>().join("/");
+        self.round_trip(&host, &Method::GET, url, request, limit).await
+    }
+
+    /// One request to `base` and its whole answer, within the timeout.
+    async fn round_trip(
+        &self,
+        base: &str,
+        method: &Method,
         path: &str,
         request: Request<RequestBody>,
-    ) -> Result<hyper::Response<hyper::body::Incoming>, Error> {
-        match tokio::time::timeout(self.timeout, self.pool.request(request)).await {
-            Err(_) => Err(Error::Timeout {
-                base: self.base.to_string(),
-                what: format!("{method} {path}"),
-                secs: self.timeout.as_secs(),
-            }),
-            Ok(Err(e)) => Err(Error::transport(&self.base, &e)),
-            Ok(Ok(response)) => Ok(response),
-        }
-    }
-
-    async fn read_body(
-        &self,
-        method: &str,
-        path: &str,
-        body: hyper::body::Incoming,
         limit: usize,
-    ) -> Result<Bytes, Error> {
-        let limited = http_body_util::Limited::new(body, limit);
-        match tokio::time::timeout(self.timeout, limited.collect()).await {
-            Err(_) => Err(Error::Timeout {
-                base: self.base.to_string(),
-                what: format!("{method} {path}"),
-                secs: self.timeout.as_secs(),
-            }),
+    ) -> Result<(hyper::http::response::Parts, Bytes), Error> {
+        let timeout = || Error::Timeout {
+            base: base.to_owned(),
+            what: format!("{method} {path}"),
+            secs: self.timeout.as_secs(),
+        };
+        let response = match tokio::time::timeout(self.timeout, self.pool.request(request)).await {
+            Err(_) => return Err(timeout()),
+            Ok(Err(e)) => return Err(Error::transport(base, &e)),
+            Ok(Ok(response)) => response,
+        };
+        let (parts, body) = response.into_parts();
+        match tokio::time::timeout(
+            self.timeout,
+            http_body_util::Limited::new(body, limit).collect(),
+        )
+        .await
+        {
+            Err(_) => Err(timeout()),
             Ok(Err(e)) => Err(Error::Broken {
-                base: self.base.to_string(),
+                base: base.to_owned(),
                 reason: format!("{method} {path}: reading the answer: {e}"),
             }),
-            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Ok(collected)) => Ok((parts, collected.to_bytes())),
         }
     }
 }

@@ -81,7 +81,8 @@ CREATE TABLE audit (
     action TEXT NOT NULL CHECK (action IN ('server.init', 'image.upload', 'build_key.add',
         'environment.create', 'environment.update', 'release.create', 'release.rollback',
         'release.pause', 'release.resume', 'device.create', 'device.create_batch',
-        'device.token', 'token.create', 'token.revoke')),
+        'device.token', 'token.create', 'token.revoke', 'rollout.advance', 'rollout.complete',
+        'rollout.halt')),
     target TEXT NOT NULL,
     detail TEXT NOT NULL);
 

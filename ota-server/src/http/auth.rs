@@ -32,6 +32,6 @@ impl FromRequestParts<Arc<Service>> for Device {
     type Rejection = Failure;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<Service>) -> Result<Self, Failure> {
-        app.authenticate_device(bearer(&parts.headers)).map(Device)
+        app.authenticate_device(bearer(&parts.headers)).await.map(Device)
     }
 }

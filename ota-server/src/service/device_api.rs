@@ -50,13 +50,20 @@ pub fn offer_for(fleet: &Fleet, d: usize) -> Option<Offer> {
 }
 
 impl Service {
-    /// The device behind a device token.
-    pub fn authenticate_device(&self, token: Option<&str>) -> Outcome<usize> {
+    /// The device behind a device token. A token this replica does not know yet may belong to
+    /// a device another replica just enrolled: it catches up once before it says no.
+    pub async fn authenticate_device(&self, token: Option<&str>) -> Outcome<usize> {
         let unauthorized = |m: &str| Failure::new(FailureKind::Unauthorized, "unauthorized", m);
         let token = token.ok_or_else(|| unauthorized("missing device token"))?;
+        let hash = auth::hash(token);
+        let known = self.fleet().device_by_token.get(&hash).copied();
+        if let Some(d) = known {
+            return Ok(d);
+        }
+        self.sync().await?;
         self.fleet()
             .device_by_token
-            .get(&auth::hash(token))
+            .get(&hash)
             .copied()
             .ok_or_else(|| unauthorized("unknown device token"))
     }

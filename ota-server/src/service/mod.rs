@@ -119,12 +119,14 @@ impl Service {
         Ok(guard)
     }
 
-    /// Commits rollout moves, each on its own: one that another replica made first is dropped.
+    /// Commits rollout moves, each on its own with its audit entry: a move another replica made
+    /// first is dropped (with its entry), so each move is made, and audited, once.
     async fn commit_moves(&self, moves: Vec<crate::store::Mutation>) {
         for m in moves {
-            log_move(&m);
-            match self.journal.commit(vec![m]).await {
-                Ok(()) | Err(crate::journal::CommitError::Conflict(_)) => {}
+            let Some(entry) = move_audit(&m) else { continue };
+            match self.journal.commit(vec![m.clone(), entry]).await {
+                Ok(()) => log_move(&m),
+                Err(crate::journal::CommitError::Conflict(_)) => {}
                 Err(e) => tracing::warn!(error = %e, "rollout move not written (re-derived later)"),
             }
         }
@@ -184,6 +186,23 @@ fn audit(
         target: target.to_string(),
         detail,
     })
+}
+
+/// The audit entry of a move the rollout engine makes: actor `server`.
+fn move_audit(m: &Mutation) -> Option<Mutation> {
+    let Mutation::MoveRollout { environment, sequence, from, to, reason } = m else { return None };
+    let action = match to.state {
+        crate::store::RolloutState::Completed => AuditAction::RolloutComplete,
+        crate::store::RolloutState::Halted => AuditAction::RolloutHalt,
+        _ => AuditAction::RolloutAdvance,
+    };
+    let server = Actor { name: "server".to_owned(), role: ota_proto::Role::Admin };
+    let detail = serde_json::json!({
+        "from": {"state": from.state, "stage": from.stage},
+        "to": {"state": to.state, "stage": to.stage},
+        "reason": reason,
+    });
+    Some(audit(&server, action, format!("{environment}/{sequence}"), detail))
 }
 
 fn log_move(m: &Mutation) {

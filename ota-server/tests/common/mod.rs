@@ -82,14 +82,7 @@ pub fn sign_release(image_id: &str, env: &str, sequence: u64, key: &SigningKey) 
     hex::encode(SignedRelease::sign(&ReleaseStatement::new(id, env, sequence).unwrap(), key))
 }
 
-/// Which store a test's server runs on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
-    /// An SQLite file in the data folder (the embedded default).
-    Sqlite,
-    /// A fresh database on the test process's PostgreSQL cluster.
-    Postgres,
-}
+pub use testkit::Backend;
 
 /// Runs the test function `$name(backend: Backend)` on both stores, as the tests
 /// `$name::sqlite` and `$name::postgres`.
@@ -117,6 +110,10 @@ pub struct Server {
     pub admin: String,
     /// The `--database` URL (PostgreSQL), if not the data folder's SQLite file.
     pub database: Option<String>,
+    /// More `serve` arguments and environment, kept for restarts and replicas (`--blobs`, say).
+    pub serve_args: Vec<String>,
+    /// Environment variables of `serve`.
+    pub serve_env: Vec<(String, String)>,
     http: Option<Blocking>,
 }
 
@@ -159,11 +156,7 @@ impl Server {
     }
 
     pub fn start_with(backend: Backend, extra: &[&str]) -> Server {
-        let database = match backend {
-            Backend::Sqlite => None,
-            Backend::Postgres => Some(Postgres::shared().create_database()),
-        };
-        Server::start_on_database(database, extra)
+        Server::start_on_database(backend.database(), extra)
     }
 
     /// Inits a data folder on the database `url` (`None`: the data folder's SQLite file) and
@@ -197,10 +190,46 @@ impl Server {
             url: String::new(),
             admin,
             database,
+            serve_args: extra.iter().map(|s| s.to_string()).collect(),
+            serve_env: Vec::new(),
             http: None,
         };
-        server.launch(extra);
+        server.launch(&[]);
         server
+    }
+
+    /// `n` replicas on one fresh PostgreSQL database and one fresh Garage bucket (each with a
+    /// data folder of its own, which holds nothing: state is in the database, files in the
+    /// bucket), with more `serve` arguments `extra` (`--downloads redirect`, say).
+    pub fn cluster(n: usize, extra: &[&str]) -> Vec<Server> {
+        let garage = testkit::garage::Garage::shared();
+        let bucket = garage.create_bucket();
+        let mut args: Vec<String> = vec![
+            "--blobs".into(),
+            format!("s3://{bucket}"),
+            "--s3-endpoint".into(),
+            garage.endpoint(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let env: Vec<(String, String)> =
+            garage.aws_env().into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        let mut first = Server::start_on_database(Backend::Postgres.database(), &[]);
+        first.kill9();
+        first.serve_args = args;
+        first.serve_env = env;
+        first.launch(&[]);
+        let mut all = vec![first];
+        for _ in 1..n {
+            let mut replica = all[0].replica();
+            // A data folder of its own.
+            replica.kill9();
+            let own = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(own.path().join("data")).unwrap();
+            replica.dir = std::sync::Arc::new(own);
+            replica.launch(&[]);
+            all.push(replica);
+        }
+        all
     }
 
     /// A server on the existing data folder `dir`/data (no init).
@@ -215,6 +244,8 @@ impl Server {
             url: String::new(),
             admin: admin.to_owned(),
             database,
+            serve_args: Vec::new(),
+            serve_env: Vec::new(),
             http: None,
         };
         server.launch(&[]);
@@ -229,6 +260,8 @@ impl Server {
             url: String::new(),
             admin: self.admin.clone(),
             database: self.database.clone(),
+            serve_args: self.serve_args.clone(),
+            serve_env: self.serve_env.clone(),
             http: None,
         };
         other.launch(&[]);
@@ -252,7 +285,9 @@ impl Server {
             .arg(self.data())
             .args(self.database_args())
             .args(["--listen", "127.0.0.1:0"])
+            .args(&self.serve_args)
             .args(extra)
+            .envs(self.serve_env.iter().map(|(k, v)| (k, v)))
             .env("OTA_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

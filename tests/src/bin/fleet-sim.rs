@@ -22,7 +22,9 @@ use tests::fleet::{Fleet, Options};
 #[derive(Debug, Parser)]
 #[command(name = "fleet-sim", version)]
 struct Cli {
-    /// Server URL (http://HOST:PORT).
+    /// Server URL (http://HOST:PORT), or the URLs of several replicas separated by commas:
+    /// each request of each device goes to one of them at random, and to another when it
+    /// cannot be delivered.
     #[arg(long, env = "IMAGER_SERVER")]
     server: String,
     /// An admin token (enrolls the devices).

@@ -46,7 +46,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// What to simulate.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Server URL.
+    /// Server URL, or several replicas' URLs separated by commas.
     pub server: String,
     /// An admin token (enrolls devices, reads keys and rollouts).
     pub token: String,

@@ -91,11 +91,46 @@ pub fn path(dir: &TempDir, name: &str) -> String {
     dir.path().join(name).to_string_lossy().into_owned()
 }
 
-/// A running `ota-server`, stopped when dropped.
+pub use testkit::Backend;
+
+/// Runs the async test function `$name(backend: Backend)` on both stores, as the tests
+/// `$name::sqlite` and `$name::postgres`.
+#[macro_export]
+macro_rules! both_backends {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::common::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name($crate::common::Backend::Postgres).await
+            }
+        }
+    };
+}
+
+/// A running `ota-server`, stopped when dropped: one process, or several replicas of one
+/// server (on PostgreSQL and an S3 bucket: [`Server::cluster`]).
 pub struct Server {
-    pub child: Child,
+    /// Its processes.
+    pub replicas: Vec<Replica>,
+    /// Its URL: every replica's, separated by commas (as imager and fleet-sim take them).
     pub url: String,
     pub token: String,
+    /// Its `--database` URL, where it is not the data folder's SQLite file.
+    pub database: Option<String>,
+    /// More `serve` arguments and environment (the bucket, say), for every replica.
+    serve_args: Vec<String>,
+    serve_env: Vec<(String, String)>,
+}
+
+/// One `ota-server serve` process.
+pub struct Replica {
+    child: Child,
+    /// Its URL.
+    pub url: String,
     /// Its data folder.
     pub data: String,
     /// Where its log goes (appended to across restarts).
@@ -106,10 +141,57 @@ impl Server {
     /// `ota-server init` in `data` with the build key and prod's release key, then `serve` on
     /// a free loopback port.
     pub fn start(dir: &TempDir, build_pub: &str, prod_pub: &str) -> Server {
+        Server::start_on(dir, build_pub, prod_pub, Backend::Sqlite)
+    }
+
+    /// [`Server::start`] on `backend`.
+    pub fn start_on(dir: &TempDir, build_pub: &str, prod_pub: &str, backend: Backend) -> Server {
+        let database = backend.database();
+        Server::start_replicas(dir, build_pub, prod_pub, database, 1, Vec::new(), Vec::new())
+    }
+
+    /// `n` replicas of one server on a fresh PostgreSQL database and a fresh Garage bucket,
+    /// each with a data folder of its own.
+    pub fn cluster(dir: &TempDir, build_pub: &str, prod_pub: &str, n: usize) -> Server {
+        let (garage, pg) = (testkit::garage::Garage::shared(), testkit::pg::Postgres::shared());
+        Server::cluster_on(dir, build_pub, prod_pub, n, garage, pg)
+    }
+
+    /// [`Server::cluster`] on a Garage node and a PostgreSQL cluster of the test's own (to
+    /// stop and start them).
+    pub fn cluster_on(
+        dir: &TempDir,
+        build_pub: &str,
+        prod_pub: &str,
+        n: usize,
+        garage: &testkit::garage::Garage,
+        pg: &testkit::pg::Postgres,
+    ) -> Server {
+        let bucket = garage.create_bucket();
+        let args = vec![
+            "--blobs".to_owned(),
+            format!("s3://{bucket}"),
+            "--s3-endpoint".to_owned(),
+            garage.endpoint(),
+        ];
+        let env = garage.aws_env().into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        Server::start_replicas(dir, build_pub, prod_pub, Some(pg.create_database()), n, args, env)
+    }
+
+    fn start_replicas(
+        dir: &TempDir,
+        build_pub: &str,
+        prod_pub: &str,
+        database: Option<String>,
+        n: usize,
+        serve_args: Vec<String>,
+        serve_env: Vec<(String, String)>,
+    ) -> Server {
         let server = bin("ota-server");
         let data = path(dir, "data");
         let init = Command::new(&server)
             .args(["init", "--data", &data, "--build-key", build_pub, "--prod-key", prod_pub])
+            .args(database.iter().flat_map(|url| ["--database", url.as_str()]))
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&init.stdout);
@@ -124,32 +206,137 @@ impl Server {
             .unwrap_or_else(|| panic!("no `admin token:` line from ota-server init: {stdout}"))
             .trim()
             .to_owned();
-
-        let log = path(dir, "server.log");
-        let (child, url) = serve(&data, "127.0.0.1:0", &log);
-        Server { child, url, token, data, log }
+        let mut server = Server {
+            replicas: Vec::new(),
+            url: String::new(),
+            token,
+            database,
+            serve_args,
+            serve_env,
+        };
+        for i in 0..n {
+            // The first replica's data folder is the one init made; the others are empty.
+            let (data, log) = if i == 0 {
+                (data.clone(), path(dir, "server.log"))
+            } else {
+                let own = path(dir, &format!("data-{i}"));
+                std::fs::create_dir_all(&own).unwrap();
+                (own, path(dir, &format!("server-{i}.log")))
+            };
+            let (child, url) = server.serve(&data, "127.0.0.1:0", &log);
+            server.replicas.push(Replica { child, url, data, log });
+        }
+        server.url = server.replicas.iter().map(|r| r.url.as_str()).collect::<Vec<_>>().join(",");
+        server
     }
 
     /// A new build key and prod release key in `dir` (`build.pem`, `prod.pem`, with their
     /// public halves), and a server started with them; returns it and the private keys' paths.
     pub fn with_new_keys(dir: &TempDir) -> (Server, Keys) {
+        Server::with_new_keys_on(dir, Backend::Sqlite)
+    }
+
+    /// [`Server::with_new_keys`] on `backend`.
+    pub fn with_new_keys_on(dir: &TempDir, backend: Backend) -> (Server, Keys) {
         let (build, build_pub) = keygen(dir, "build");
         let (prod, prod_pub) = keygen(dir, "prod");
-        (Server::start(dir, &build_pub, &prod_pub), Keys { build, prod })
+        (Server::start_on(dir, &build_pub, &prod_pub, backend), Keys { build, prod })
     }
 
-    /// Kills the server with SIGKILL, as a crash or `kill -9` would: nothing gets to finish.
+    /// Its (first) data folder.
+    pub fn data(&self) -> &str {
+        &self.replicas[0].data
+    }
+
+    /// Kills every replica with SIGKILL, as a crash or `kill -9` would: nothing gets to finish.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for i in 0..self.replicas.len() {
+            self.kill_replica(i);
+        }
     }
 
-    /// Starts the server again, on the same data folder and address (after [`Server::kill`]).
+    /// Kills replica `i` with SIGKILL.
+    pub fn kill_replica(&mut self, i: usize) {
+        let child = &mut self.replicas[i].child;
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Starts every replica again, on the same data folders and addresses (after a kill).
     pub fn restart(&mut self) {
-        let address = self.url.trim_start_matches("http://").trim_end_matches('/').to_owned();
-        let (child, url) = serve(&self.data, &address, &self.log);
-        assert_eq!(url, self.url, "the restarted server listens elsewhere");
-        self.child = child;
+        for i in 0..self.replicas.len() {
+            self.restart_replica(i);
+        }
+    }
+
+    /// Starts replica `i` again, on its data folder and address.
+    pub fn restart_replica(&mut self, i: usize) {
+        let r = &self.replicas[i];
+        let address = r.url.trim_start_matches("http://").trim_end_matches('/').to_owned();
+        let (data, log, old_url) = (r.data.clone(), r.log.clone(), r.url.clone());
+        let (child, url) = self.serve(&data, &address, &log);
+        assert_eq!(url, old_url, "the restarted server listens elsewhere");
+        self.replicas[i].child = child;
+    }
+
+    /// `ota-server serve` on `data`, listening on `listen`, its log appended to `log`; returns
+    /// once it says where it listens, with that URL.
+    fn serve(&self, data: &str, listen: &str, log: &str) -> (Child, String) {
+        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let mut child = Command::new(bin("ota-server"))
+            .args(["serve", "--listen", listen, "--data", data])
+            .args(self.database.iter().flat_map(|url| ["--database", url.as_str()]))
+            .args(&self.serve_args)
+            .envs(self.serve_env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            // Keep reading so the server never blocks on a full pipe.
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(url) = line.trim().strip_prefix("listening on ") {
+                    let _ = tx.send(url.trim().to_owned());
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(url) => (child, url),
+            Err(_) => {
+                let _ = child.kill();
+                let log = std::fs::read_to_string(log).unwrap_or_default();
+                panic!("ota-server did not print `listening on URL` within 60 s; its log:\n{log}");
+            }
+        }
+    }
+}
+
+/// Options for a fleet of `devices` simulated micro:bits of `env` against `server`, named
+/// `prefix-N`, with power cut during a share `cuts` of their updates.
+pub fn fleet_options(
+    server: &Server,
+    env: &str,
+    devices: usize,
+    prefix: &str,
+    cuts: f64,
+) -> tests::fleet::Options {
+    tests::fleet::Options {
+        server: server.url.clone(),
+        token: server.token.clone(),
+        devices,
+        board: "microbit".parse().unwrap(),
+        environment: env.parse().unwrap(),
+        prefix: prefix.into(),
+        behaviour: tests::fleet::device::Behaviour { fail_ratio: 0.0, power_cut_ratio: cuts },
+        checkin_interval: Duration::from_millis(20),
+        max_idle_rounds: 50,
+        concurrency: 64,
+        seed: 7,
+        verbose: false,
+        outage_limit: Duration::from_secs(60),
     }
 }
 
@@ -161,41 +348,9 @@ pub struct Keys {
     pub prod: String,
 }
 
-/// `ota-server serve` on `data`, listening on `listen`, its log appended to `log`; returns once
-/// it says where it listens, with that URL.
-fn serve(data: &str, listen: &str, log: &str) -> (Child, String) {
-    let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    let mut child = Command::new(bin("ota-server"))
-        .args(["serve", "--listen", listen, "--data", data])
-        .stdout(Stdio::piped())
-        .stderr(log_file)
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        // Keep reading so the server never blocks on a full pipe.
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let Some(url) = line.trim().strip_prefix("listening on ") {
-                let _ = tx.send(url.trim().to_owned());
-            }
-        }
-    });
-    match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(url) => (child, url),
-        Err(_) => {
-            let _ = child.kill();
-            let log = std::fs::read_to_string(log).unwrap_or_default();
-            panic!("ota-server did not print `listening on URL` within 60 s; its log:\n{log}");
-        }
-    }
-}
-
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
