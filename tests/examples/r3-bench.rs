@@ -1,6 +1,9 @@
 //! Reference scenario R3: 10,000 simulated devices (1,000 in test, 9,000 in prod), one release
 //! to test, then the promotion to prod with its staged rollout, until every device confirmed.
-//! Prints wall time, check-ins, bytes served and the server's peak RSS.
+//! Prints wall time, check-ins, bytes served and the server's peak RSS, for each deployment in
+//! `R3_DEPLOYMENTS` (default `sqlite,replicas`): one server on the embedded SQLite default, and
+//! three replicas on PostgreSQL and a Garage bucket (started here, durable settings) with
+//! fleet-sim spreading every device's requests over them.
 //!
 //! Needs the release binaries: `cargo build --release -p imager -p ota-server`, then
 //! `cargo run --release -p tests --example r3-bench [-- TEST_DEVICES PROD_DEVICES]`.
@@ -118,41 +121,148 @@ async fn main() -> Result<()> {
     };
     let v2 = id("2.0.0")?;
 
+    let deployments = std::env::var("R3_DEPLOYMENTS").unwrap_or_else(|_| "sqlite,replicas".into());
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    println!("R3 on {} cores ({cpu})", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    let mut walls = Vec::new();
+    for deployment in deployments.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let wall = run(deployment, &p, &v2, n_test, n_prod).await?;
+        walls.push((deployment.to_owned(), wall));
+    }
+    if walls.len() > 1 {
+        let shown: Vec<String> = walls.iter().map(|(d, w)| format!("{d} {w:.1} s")).collect();
+        println!("R3 wall times, same run: {} (target: under 60 s each)", shown.join(", "));
+    }
+    Ok(())
+}
+
+/// The servers of one deployment, stopped however the benchmark ends.
+struct Deployment {
+    urls: Vec<String>,
+    token: String,
+    children: Vec<Stop>,
+    // Kept alive while the servers run.
+    _pg: Option<testkit::pg::Postgres>,
+    _garage: Option<testkit::garage::Garage>,
+}
+
+/// Starts `deployment`: `sqlite` (one server) or `replicas` (three, on PostgreSQL and Garage).
+fn deploy(deployment: &str, p: &dyn Fn(&str) -> String) -> Result<Deployment> {
     let server_bin = release_bin("ota-server")?;
+    /// What a deployment is made of, before its servers start.
+    struct Shape {
+        replicas: usize,
+        database: Option<String>,
+        pg: Option<testkit::pg::Postgres>,
+        garage: Option<testkit::garage::Garage>,
+        extra: Vec<String>,
+        env: Vec<(String, String)>,
+    }
+    let shape = match deployment {
+        "sqlite" => Shape {
+            replicas: 1,
+            database: None,
+            pg: None,
+            garage: None,
+            extra: vec![],
+            env: vec![],
+        },
+        "replicas" => {
+            let pg = testkit::pg::Postgres::start(testkit::pg::Options { fast: false });
+            let garage = testkit::garage::Garage::start();
+            let bucket = garage.create_bucket();
+            let extra = vec![
+                "--blobs".into(),
+                format!("s3://{bucket}"),
+                "--s3-endpoint".into(),
+                garage.endpoint(),
+            ];
+            let env = garage.aws_env().into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+            Shape {
+                replicas: 3,
+                database: Some(pg.create_database()),
+                pg: Some(pg),
+                garage: Some(garage),
+                extra,
+                env,
+            }
+        }
+        other => bail!("R3_DEPLOYMENTS: unknown deployment {other:?} (sqlite or replicas)"),
+    };
+    let Shape { replicas: n, database, pg, garage, extra, env } = shape;
+    let data = p(&format!("data-{deployment}"));
     let init = Command::new(&server_bin)
         .args([
             "init",
             "--data",
-            &p("data"),
+            &data,
             "--build-key",
             &p("build.pub.pem"),
             "--prod-key",
             &p("prod.pub.pem"),
         ])
+        .args(database.iter().flat_map(|d| ["--database", d.as_str()]))
         .output()?;
+    if !init.status.success() {
+        bail!("init: {}", String::from_utf8_lossy(&init.stderr));
+    }
     let init = String::from_utf8_lossy(&init.stdout).into_owned();
     let token = init
         .lines()
         .find_map(|l| l.strip_prefix("admin token: "))
         .context("admin token")?
         .to_owned();
-    let mut child = Command::new(&server_bin)
-        .args(["serve", "--data", &p("data"), "--listen", "127.0.0.1:0"])
-        .env("OTA_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let stdout = child.stdout.take().context("stdout")?;
-    let child = Stop(child);
-    let mut first = String::new();
-    BufReader::new(stdout).read_line(&mut first)?;
-    let url =
-        first.trim().strip_prefix("listening on ").context("server did not start")?.to_owned();
+    let (mut urls, mut children) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let own = format!("{data}-{i}");
+        std::fs::create_dir_all(&own)?;
+        let mut child = Command::new(&server_bin)
+            .args(["serve", "--data", if i == 0 { &data } else { &own }, "--listen", "127.0.0.1:0"])
+            .args(database.iter().flat_map(|d| ["--database", d.as_str()]))
+            .args(&extra)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("OTA_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().context("stdout")?;
+        children.push(Stop(child));
+        let mut first = String::new();
+        BufReader::new(stdout).read_line(&mut first)?;
+        urls.push(
+            first.trim().strip_prefix("listening on ").context("server did not start")?.to_owned(),
+        );
+    }
+    Ok(Deployment { urls, token, children, _pg: pg, _garage: garage })
+}
+
+/// One R3 run on `deployment`; returns its wall time.
+async fn run(
+    deployment: &str,
+    p: &dyn Fn(&str) -> String,
+    v2: &str,
+    n_test: usize,
+    n_prod: usize,
+) -> Result<f64> {
+    let d = deploy(deployment, p)?;
+    let url = d.urls.join(",");
+    let token = d.token.clone();
     let server = Some((url.as_str(), token.as_str()));
     imager(&["push", &p("1.0.0.fwi")], server)?;
     imager(&["push", &p("2.0.0.fwi")], server)?;
     let factory = std::fs::read(p("1.0.0.fwi"))?;
 
-    println!("R3: {n_test} test + {n_prod} prod simulated micro:bits, server {url}");
+    println!(
+        "R3 on {deployment}: {n_test} test + {n_prod} prod simulated micro:bits, {} server process(es)",
+        d.urls.len()
+    );
     let setup = Instant::now();
     let mut test = Fleet::enroll(options(&url, &token, "test", n_test, "qa"), &factory).await?;
     let mut prod = Fleet::enroll(options(&url, &token, "prod", n_prod, "field"), &factory).await?;
@@ -163,23 +273,32 @@ async fn main() -> Result<()> {
     );
 
     let started = Instant::now();
-    imager(&["release", "test", &v2], server)?;
+    imager(&["release", "test", v2], server)?;
     let t = test.run().await?;
-    imager(&["promote", &v2, "--to", "prod", "--key", &p("prod.pem")], server)?;
+    imager(&["promote", v2, "--to", "prod", "--key", &p("prod.pem")], server)?;
     let s = prod.run().await?;
     let wall = started.elapsed().as_secs_f64();
-    let rss = peak_rss_mib(child.0.id());
+    let rss: Vec<String> =
+        d.children.iter().map(|c| format!("{:.0}", peak_rss_mib(c.0.id()))).collect();
     let own = peak_rss_mib(std::process::id());
-    let metrics = ota_proto::client::Client::new(&url, &token)?.metrics().await?;
-    let metric = |name: &str| {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
-            .unwrap_or_default()
-    };
-    drop(child);
+    // Per replica counters, summed.
+    let mut totals = [0u64; 3];
+    for replica in &d.urls {
+        let metrics = ota_proto::client::Client::new(replica, &token)?.metrics().await?;
+        for (total, name) in totals.iter_mut().zip([
+            "ota_checkins_total ",
+            "ota_downloads_total ",
+            "ota_download_bytes_total ",
+        ]) {
+            *total += metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    drop(d);
 
-    println!("R3 results ({} cores):", std::thread::available_parallelism().map_or(0, |n| n.get()));
     line("test", &t);
     line("prod", &s);
     let confirmed = t.confirmed + s.confirmed;
@@ -193,14 +312,15 @@ async fn main() -> Result<()> {
     let errors = t.error_count + s.error_count;
     println!("  anomalies {anomalies}, device errors {errors}");
     println!(
-        "  server: {} check-ins, {} downloads, {} bytes served, peak RSS {rss:.0} MiB",
-        metric("ota_checkins_total "),
-        metric("ota_downloads_total "),
-        metric("ota_download_bytes_total ")
+        "  servers: {} check-ins, {} downloads, {} bytes served, peak RSS {} MiB",
+        totals[0],
+        totals[1],
+        totals[2],
+        rss.join(" + ")
     );
     println!("  simulator: peak RSS {own:.0} MiB for {} devices", n_test + n_prod);
     if confirmed as usize != n_test + n_prod {
         bail!("not every device confirmed");
     }
-    Ok(())
+    Ok(wall)
 }
