@@ -438,7 +438,19 @@ macro_rules! queries {
             batches: &[Vec<Mutation>],
         ) -> Result<Vec<Result<(), Conflict>>, sqlx::Error> {
             let mut results = Vec::with_capacity(batches.len());
+            // Consecutive check-in reports are written together (see `write_reports`).
+            let mut reports: Vec<(&DeviceId, &Reported)> = Vec::new();
             for batch in batches {
+                let only_reports = batch.iter().all(|m| matches!(m, Mutation::Report { .. }));
+                if only_reports {
+                    reports.extend(batch.iter().filter_map(|m| match m {
+                        Mutation::Report { id, reported } => Some((id, reported)),
+                        _ => None,
+                    }));
+                    results.push(Ok(()));
+                    continue;
+                }
+                write_reports(&mut *tx, &mut reports).await?;
                 if !batch.iter().any(Mutation::is_conditional) {
                     for m in batch {
                         // Unconditional: a conflict here is a fault, not a race.
@@ -472,7 +484,55 @@ macro_rules! queries {
                 }
                 results.push(outcome);
             }
+            write_reports(&mut *tx, &mut reports).await?;
             Ok(results)
+        }
+
+        /// Writes what devices reported in their check-ins, hundreds of rows a statement, and
+        /// empties `reports`. A group commit of first check-ins is mostly these; one statement
+        /// per row costs a round trip each, which on PostgreSQL bounded first check-ins to a
+        /// few thousand a second. A device reported twice keeps its later report, as it would
+        /// row by row.
+        async fn write_reports(
+            conn: &mut Conn,
+            reports: &mut Vec<(&DeviceId, &Reported)>,
+        ) -> Result<(), sqlx::Error> {
+            if reports.is_empty() {
+                return Ok(());
+            }
+            let mut latest: std::collections::HashMap<&DeviceId, usize> =
+                std::collections::HashMap::with_capacity(reports.len());
+            for (i, (id, _)) in reports.iter().enumerate() {
+                latest.insert(*id, i);
+            }
+            let rows: Vec<(&DeviceId, &Reported, Option<String>)> = reports
+                .iter()
+                .enumerate()
+                .filter(|(i, (id, _))| latest[id] == *i)
+                .map(|(_, (id, reported))| {
+                    let slot_b = reported.slot_b.as_ref().map(serde_json::to_string).transpose()?;
+                    Ok((*id, *reported, slot_b))
+                })
+                .collect::<Result<_, serde_json::Error>>()
+                .map_err(|e| sqlx::Error::Encode(e.into()))?;
+            for chunk in rows.chunks(ROWS_PER_INSERT) {
+                let mut update = QueryBuilder::<$db>::new(
+                    "UPDATE devices SET running = r.column2, confirmed = r.column3, \
+                     slot_b = r.column4, last_outcome = r.column5, release_sequence = r.column6 FROM (",
+                );
+                update.push_values(chunk, |mut row, (id, reported, slot_b)| {
+                    row.push_bind(id.as_str())
+                        .push_bind(reported.running.map(|i| i.to_string()))
+                        .push_bind(reported.confirmed)
+                        .push_bind(slot_b.clone())
+                        .push_bind(reported.last_outcome.clone())
+                        .push_bind(reported.release_sequence.map(|s| s as i64));
+                });
+                update.push(") AS r WHERE devices.id = r.column1");
+                update.build().execute(&mut *conn).await?;
+            }
+            reports.clear();
+            Ok(())
         }
 
         /// Writes one mutation.
