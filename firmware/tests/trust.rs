@@ -391,3 +391,35 @@ fn the_documented_bound_holds() {
     // docs/trust.md: "At most 916 bytes in all", one 1 KiB page per copy on the micro:bit.
     assert_eq!(trust::MAX_SIGNED_LEN, 916);
 }
+
+#[test]
+fn the_boot_logic_takes_its_keys_from_the_statement_and_refuses_a_planted_image() {
+    let c = chain();
+    let mut device = Device::new(&c);
+    let mut rng = Rng::new(7);
+    device.install(&refs(&c.links[..3]), &[id(&key(11))]).unwrap();
+    let layout = device.sim.layout.clone();
+    let boot_keys = |device: &mut Device| {
+        let mut buf = [0u8; trust::MAX_SIGNED_LEN];
+        let bytes = device.store.read(&mut device.sim.flash, &mut buf).unwrap().unwrap();
+        SignedTrust::parse(bytes).unwrap().statement().boot_keys().to_vec()
+    };
+    device.sim.identity.build_keys = boot_keys(&mut device);
+    let running = device.sim.boot().unwrap().image.id;
+    // Planted: an agent holding a key the statement does not name (b3, leaked and dropped)
+    // writes its image into slot B and marks it pending, as a flash writer could.
+    let planted = build::image(&layout, "sim", "2.0.0", 2, 4, 9, &key(13));
+    let release = build::release(&planted, "prod", 1, &key(21));
+    device.sim.identity.build_keys = vec![TrustedKey::from_bytes(&public(&key(13))).unwrap()];
+    device.sim.download(&release, &planted.bytes, 700, &mut rng).unwrap();
+    // At reset the boot logic checks slot B with the statement's keys.
+    device.sim.identity.build_keys = boot_keys(&mut device);
+    let booted = device.sim.boot().unwrap();
+    assert_eq!(booted.image.id, running, "the planted image is not swapped in");
+    assert!(!booted.trial);
+    let outcome = device.sim.status().unwrap().outcome.unwrap();
+    assert_eq!(
+        outcome.kind,
+        firmware::state::OutcomeKind::Failed(firmware::state::FailReason::PendingCorrupt)
+    );
+}
