@@ -23,4 +23,5 @@ pub mod provision;
 pub mod sim;
 pub mod slot;
 pub mod state;
+pub mod trust;
 pub mod update;

@@ -6,13 +6,18 @@
 //! environment, environment keys) read it.
 //!
 //! ```text
-//! "FWIP"  len:u16 LE  postcard(Provision)[len]  crc32:u32 LE (ISO-HDLC, of all before it)
+//! "FWIP"  len:u16 LE  postcard(Provision) [postcard(RootKeys)]  crc32:u32 LE (ISO-HDLC, of all before it)
 //! ```
+//!
+//! The root of trust (`RootKeys`, root public keys and a threshold) follows the record's first
+//! part when the device is provisioned for trust statements (`docs/trust.md`); a record
+//! without it, as written before, still reads, and such a device keeps its fixed keys.
 
 use heapless::Vec;
 use serde::{Deserialize, Serialize};
 
 use crate::image::{BadPublicKey, TrustedKey};
+use crate::trust::{Anchor, MAX_ROOT_KEYS, RootKeys};
 
 /// The record's first four bytes.
 pub const MAGIC: [u8; 4] = *b"FWIP";
@@ -21,8 +26,8 @@ pub const MAGIC: [u8; 4] = *b"FWIP";
 pub const MAX_KEYS: usize = 2;
 
 /// Bytes a record takes at most (its postcard part with the longest environment name, 64
-/// bytes, and every key).
-pub const MAX_LEN: usize = 4 + 2 + 1 + 64 + 2 * (1 + MAX_KEYS * 32) + 4;
+/// bytes, every key, and the root of trust).
+pub const MAX_LEN: usize = 4 + 2 + 1 + 64 + 2 * (1 + MAX_KEYS * 32) + (2 + MAX_ROOT_KEYS * 32) + 4;
 
 const CRC: crc::Crc<u32, crc::NoTable> = crc::Crc::<u32, crc::NoTable>::new(&crc::CRC_32_ISO_HDLC);
 
@@ -35,6 +40,10 @@ pub struct Provision<'a> {
     pub build_keys: Vec<[u8; 32], MAX_KEYS>,
     /// Ed25519 public keys the environment's release statements are signed by.
     pub environment_keys: Vec<[u8; 32], MAX_KEYS>,
+    /// The root of trust, if the device takes its keys from trust statements; encoded after
+    /// the fields above, so that records written before it existed still read.
+    #[serde(skip)]
+    pub root: Option<RootKeys>,
 }
 
 /// Why a provisioning record is unusable.
@@ -55,6 +64,9 @@ pub enum ProvisionError {
     /// Names no build key, or a key is not a usable Ed25519 public key.
     #[error("provisioning record holds no usable build key")]
     NoBuildKey,
+    /// The root of trust has an unusable key or threshold.
+    #[error("provisioning record: root of trust has an unusable key or threshold")]
+    BadRoot,
     /// A key is not a usable Ed25519 public key.
     #[error("provisioning record: {0}")]
     BadKey(#[from] BadPublicKey),
@@ -75,6 +87,15 @@ impl<'a> Provision<'a> {
         }
         let record: Provision<'a> = match postcard::take_from_bytes(&area[6..end]) {
             Ok((record, [])) => record,
+            Ok((mut record, rest)) => {
+                let root: RootKeys = match postcard::take_from_bytes(rest) {
+                    Ok((root, [])) => root,
+                    _ => return Err(ProvisionError::Malformed),
+                };
+                root.check().map_err(|_| ProvisionError::BadRoot)?;
+                record.root = Some(root);
+                record
+            }
             _ => return Err(ProvisionError::Malformed),
         };
         if record.build_keys.is_empty() {
@@ -93,10 +114,18 @@ impl<'a> Provision<'a> {
         trusted(&self.environment_keys)
     }
 
+    /// The trust anchor before any statement: the provisioned root at version 0.
+    pub fn anchor(&self) -> Option<Anchor> {
+        self.root.clone().map(|root| Anchor { version: 0, root })
+    }
+
     /// The record's bytes.
     #[cfg(feature = "std")]
     pub fn encode(&self) -> std::vec::Vec<u8> {
-        let body = postcard::to_stdvec(self).expect("a provisioning record always serializes");
+        let mut body = postcard::to_stdvec(self).expect("a provisioning record always serializes");
+        if let Some(root) = &self.root {
+            body.extend(postcard::to_stdvec(root).expect("root keys always serialize"));
+        }
         let mut out = MAGIC.to_vec();
         out.extend_from_slice(&(body.len() as u16).to_le_bytes());
         out.extend_from_slice(&body);
@@ -128,7 +157,22 @@ mod tests {
             environment: "prod",
             build_keys: Vec::from_slice(&[key(1)]).unwrap(),
             environment_keys: Vec::from_slice(&[key(2), key(3)]).unwrap(),
+            root: None,
         }
+    }
+
+    #[test]
+    fn a_root_of_trust_round_trips_and_old_records_still_read() {
+        let root = RootKeys { threshold: 1, keys: Vec::from_slice(&[key(9)]).unwrap() };
+        let with_root = Provision { root: Some(root.clone()), ..record() };
+        let bytes = with_root.encode();
+        assert!(bytes.len() <= MAX_LEN);
+        let parsed = Provision::parse(&bytes).unwrap();
+        assert_eq!(parsed.root, Some(root.clone()));
+        assert_eq!(parsed.anchor().unwrap().version, 0);
+        assert_eq!(Provision::parse(&record().encode()).unwrap().root, None);
+        let bad = Provision { root: Some(RootKeys { threshold: 2, ..root }), ..record() };
+        assert_eq!(Provision::parse(&bad.encode()), Err(ProvisionError::BadRoot));
     }
 
     #[test]

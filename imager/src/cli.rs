@@ -51,6 +51,10 @@ pub enum Command {
     /// Patches: make one from an image to its next release, or apply one as a device would.
     #[command(subcommand)]
     Delta(crate::delta::DeltaCommand),
+    /// Trust statements (root of trust, key rotation and revocation), signed here with the
+    /// root key(s): init, rotate, revoke, show.
+    #[command(subcommand)]
+    Trust(crate::trust::TrustCommand),
     /// Boot an image in QEMU (boards with a qemu_machine): bootloader and installed image laid
     /// into the flash, the UART on this terminal or a TCP port.
     Run(RunArgs),
@@ -595,6 +599,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             )?;
         }
         Command::Delta(command) => crate::delta::run(&catalog()?, command, out)?,
+        Command::Trust(command) => crate::trust::run(command, out)?,
         Command::Inspect(args) => {
             let file = verify::read_image_file(&args.file)?;
             if crate::delta::is_patch(&file) {
@@ -781,6 +786,7 @@ fn run_client(command: &Command, out: &mut dyn Write) -> Result<()> {
         | Command::Verify(_)
         | Command::Boards(_)
         | Command::Delta(_)
+        | Command::Trust(_)
         | Command::Run(_)
         | Command::Flash(_)
         | Command::Factory(_)

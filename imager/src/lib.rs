@@ -14,6 +14,7 @@
 //!   the bridge from the serial link to the server.
 //! - [`probe`]: `imager flash`, the plan carried out through a debug probe (probe-rs).
 //! - [`chip`]: board files checked against probe-rs's chip database.
+//! - [`trust`]: trust statements signed offline with the root key(s) (`imager trust`).
 //! - [`cli`]: argument parsing and output.
 
 mod board_list;
@@ -30,5 +31,6 @@ pub mod keys;
 pub mod plan;
 pub mod probe;
 pub mod run;
+pub mod trust;
 pub mod verify;
 mod write;

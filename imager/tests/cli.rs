@@ -585,3 +585,81 @@ fn delta_create_apply_and_inspect() {
     }
     assert!(ok(&["delta", "--help"]).contains("create"));
 }
+
+/// Key id of a public key file, as `imager trust show` prints it.
+fn key_id_of(public: &str) -> String {
+    let key = imager::keys::read_public_key(Path::new(public)).unwrap();
+    key.id().to_string()
+}
+
+#[test]
+fn trust_init_rotate_revoke_show_sign_offline_and_refuse_what_a_device_would() {
+    let dir = Scratch::new("trust");
+    let (root1, root1_pub) = keygen(&dir, "root1");
+    let (root2, _) = keygen(&dir, "root2");
+    let (_, build1) = keygen(&dir, "build1");
+    let (_, build2) = keygen(&dir, "build2");
+    let (_, prod1) = keygen(&dir, "prod1");
+    let (_, prod2) = keygen(&dir, "prod2");
+    let (v1, v2, v3, v4) =
+        (dir.path("v1.fwt"), dir.path("v2.fwt"), dir.path("v3.fwt"), dir.path("v4.fwt"));
+    let prod1_env = format!("prod={prod1}");
+    let shown = ok(&[
+        "trust", "init", "--root", &root1, "--build", &build1, "--env", &prod1_env, "--out", &v1,
+    ]);
+    assert!(shown.contains("trust statement version 1"), "{shown}");
+    // Build-key rotation: build1 retired, build2 signs.
+    ok(&["trust", "rotate", &v1, "--sign", &root1, "--build", &build2, "--out", &v2]);
+    // A rotation signed by a key that is not the root is refused, and nothing written.
+    let err = fails(&["trust", "rotate", &v2, "--sign", &root2, "--build", &build1, "--out", &v3]);
+    assert!(err.contains("would refuse version 3") && err.contains("root key"), "{err}");
+    assert!(!Path::new(&v3).exists());
+    // Root rotation (signed by the old and the new root) with a prod key rotation.
+    let prod2_env = format!("prod={prod2}");
+    ok(&[
+        "trust",
+        "rotate",
+        &v2,
+        "--sign",
+        &root1,
+        "--new-root",
+        &root2,
+        "--env",
+        &prod2_env,
+        "--out",
+        &v3,
+    ]);
+    // Revoke build1 entirely: after the root rotation only root2 signs.
+    let build1_id = key_id_of(&build1);
+    let err = fails(&[
+        "trust", "revoke", &v3, "--sign", &root1, "--key", &build1_id, "--hard", "--out", &v4,
+    ]);
+    assert!(err.contains("would refuse"), "{err}");
+    ok(&["trust", "revoke", &v3, "--sign", &root2, "--key", &build1_id, "--hard", "--out", &v4]);
+    let err = fails(&[
+        "trust",
+        "revoke",
+        &v4,
+        "--sign",
+        &root2,
+        "--key",
+        &build1_id,
+        "--out",
+        &dir.path("v5.fwt"),
+    ]);
+    assert!(err.contains("not in the current statement"), "{err}");
+    // The chain, checked from the provisioned root, as JSON.
+    let json: Value = serde_json::from_str(&ok(&[
+        "trust", "show", &v1, &v2, &v3, &v4, "--root", &root1_pub, "--json",
+    ]))
+    .unwrap();
+    let versions: Vec<u64> =
+        json.as_array().unwrap().iter().map(|v| v["version"].as_u64().unwrap()).collect();
+    assert_eq!(versions, [1, 2, 3, 4]);
+    assert_eq!(json[1]["retired_build_keys"][0], build1_id);
+    assert_eq!(json[3]["retired_build_keys"].as_array().unwrap().len(), 0);
+    assert_eq!(json[2]["environments"][0][1][0], key_id_of(&prod2));
+    // A gap in the chain is named.
+    let err = fails(&["trust", "show", &v1, &v3]);
+    assert!(err.contains("does not extend version 1"), "{err}");
+}

@@ -52,6 +52,7 @@ fn main() {
             .as_slice()
             .try_into()
             .expect("at most 2 environment keys (firmware::provision::MAX_KEYS)"),
+        root: None,
     }
     .encode();
     std::fs::write(
