@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need (see scripts/tools.sh: a line per tool, and
-# the exact command to run where it cannot install one), then runs every test of the workspace.
-# Extra arguments go to `cargo test` (e.g. `scripts/test.sh -p firmware`).
+# the exact command to run where it cannot install one), then runs every test of the workspace
+# and, last, every benchmark at a size that takes seconds (`scripts/bench.sh --quick`), so that a
+# benchmark whose inputs broke fails here. Extra arguments go to `cargo test` only, and then the
+# benchmarks are not run (e.g. `scripts/test.sh -p firmware`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/tools.sh
@@ -14,10 +16,12 @@ need_apt arm-none-eabi-objcopy binutils-arm-none-eabi "factory files read back"
 need_apt openssl openssl "imager's keys read by OpenSSL"
 need_pip heatshrink2 heatshrink2==0.15.0 "the reference C heatshrink"
 need_pg "the server's tests run on PostgreSQL too"
-# Garage with only its LMDB metadata engine: no SQLite, K2V or metrics to compile (a third less).
-# It refuses to build without bundled-libs or system-libs; bundled-libs needs no system library.
-need_cargo_install garage garage 2.5.0 "the S3 object store the server's replicas share" bundled-libs lmdb
+need_garage
 tools_check_done
 
 echo "running the tests:"
-exec cargo test --workspace --locked "$@"
+cargo test --workspace --locked "$@"
+if [ $# -eq 0 ]; then
+    echo "running every benchmark at a size that takes seconds:"
+    exec scripts/bench.sh --quick
+fi

@@ -192,6 +192,13 @@ need_cargo_install() {
     echo "$stamp" >"$tools_dir/bin/.$cmd.installed"
 }
 
+# need_garage: the S3 object store the server's replicas share, with only its LMDB metadata
+# engine: no SQLite, K2V or metrics to compile (a third less). It refuses to build without
+# bundled-libs or system-libs; bundled-libs needs no system library.
+need_garage() {
+    need_cargo_install garage garage 2.5.0 "the S3 object store the server's replicas share" bundled-libs lmdb
+}
+
 # tools_check_done: stops with the commands to run if anything could not be installed.
 tools_check_done() {
     if [ ${#tools_missing[@]} -gt 0 ]; then

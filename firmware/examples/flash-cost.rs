@@ -3,13 +3,15 @@
 //! update+revert, on nRF51822 geometry: 1 KiB erase unit, 4-byte write unit, erased 0xFF,
 //! 112 KiB slots. R1 moves an 80 KiB image, R1-small a 16 KiB one.
 //!
-//! Run: `cargo run --release -p firmware --features sim --example flash-cost`
-//! (`-p firmware --example flash-cost` works too: the example turns the feature on.)
+//! Run: `scripts/bench.sh flash-cost`, or `cargo run --release -p firmware --features sim
+//! --example flash-cost`. Its figures (`r1.*`, counts: the same on any machine) are recorded
+//! through `benchkit`; the quick run is the same run (it takes well under a second).
 //!
 //! The device starts in steady state: it already went through one update the same way, so slot
 //! A runs the old image, slot B holds what that update left (every unit the download needs must
 //! be erased), and the state log is in use.
 
+use benchkit::Figure;
 use firmware::flash::FlashLayout;
 use firmware::sim::build::{self, TestKeys};
 use firmware::sim::device::{Identity, SimDevice};
@@ -76,7 +78,7 @@ fn run(kib: u32, confirm: bool) -> Costs {
     Costs { download, swap, confirm_or_revert }
 }
 
-fn main() {
+fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let layout = r1_layout();
     println!("# geometry: {}, slots 112 KiB, erased 0xFF", build::describe(&layout));
     for (name, kib) in [("R1", 80u32), ("R1-small", 16)] {
@@ -86,6 +88,9 @@ fn main() {
             let costs = run(kib, confirm);
             let (erases, programmed) = costs.total();
             println!("{name} {what} erases={erases} programmed={programmed}");
+            let figure = format!("{}.{}", name.to_ascii_lowercase(), what.replace('+', "-"));
+            Figure::new(format!("{figure}.erases"), erases as f64, "erases").record()?;
+            Figure::new(format!("{figure}.programmed"), programmed as f64, "B").record()?;
             let target = if confirm { 3 * pages + 2 } else { 5 * pages + 2 };
             println!(
                 "#   download {}/{}, swap {}/{}, {} {}/{} (erases/bytes); target <= {target} erases{}",
@@ -100,4 +105,5 @@ fn main() {
             );
         }
     }
+    Ok(())
 }

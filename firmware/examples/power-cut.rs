@@ -12,10 +12,13 @@
 //! image in slot B from slot A and the patch, checkpointing at every erase unit (the patch's
 //! segments start there), and every cut must resume from the last checkpoint.
 //!
-//! Run: `cargo run --release -p firmware --example power-cut [-- --board NAME] [--torn N]
-//! [--delta]`
-//! Ends with `power-cut: N cuts, B bricked`; exits non-zero if B > 0.
+//! Run: `scripts/bench.sh power-cut power-cut-delta`, or `cargo run --release -p firmware
+//! --example power-cut [-- --board NAME] [--torn N] [--delta] [--quick]`.
+//! Ends with `power-cut: N cuts, B bricked`; exits non-zero if B > 0. Its figures
+//! (`power-cut[-delta].*`: cuts and bricked devices per geometry, the campaign's wall time) are
+//! recorded through `benchkit`.
 
+use benchkit::Figure;
 use boards::Catalog;
 use firmware::flash::{FlashLayout, Slot};
 use firmware::sim::build::{describe, pages_layout};
@@ -45,7 +48,7 @@ fn options() -> Options {
         delta: args.iter().any(|a| a == "--delta"),
         torn_seeds: value("--torn").and_then(|v| v.parse().ok()).unwrap_or(3),
         second_every: value("--second-every").and_then(|v| v.parse().ok()).unwrap_or(4),
-        quick: args.iter().any(|a| a == "--quick"),
+        quick: args.iter().any(|a| a == "--quick") || benchkit::quick(),
     }
 }
 
@@ -85,9 +88,12 @@ fn main() {
         );
         std::process::exit(2);
     }
+    let started = std::time::Instant::now();
+    let campaign = if options.delta { "power-cut-delta" } else { "power-cut" };
     let tally = Tally::default();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
     for (name, layout, units) in targets {
+        let (board_cuts, board_bricked) = (tally.cuts(), tally.bricked());
         // Every cut on a fresh state log; then, with every 8th cut, the log's unit nearly full,
         // so the update's records move the log to its next unit at each record in turn.
         let variants = if options.delta {
@@ -113,13 +119,30 @@ fn main() {
                 tally.bricked() - bricked,
             );
         }
+        record(&format!("{campaign}.{name}.cuts"), (tally.cuts() - board_cuts) as f64, "cuts");
+        record(
+            &format!("{campaign}.{name}.bricked"),
+            (tally.bricked() - board_bricked) as f64,
+            "devices",
+        );
     }
     for failure in tally.failures() {
         println!("  {failure}");
     }
     let (cuts, bricked) = (tally.cuts(), tally.bricked());
     println!("power-cut: {cuts} cuts, {bricked} bricked");
+    record(&format!("{campaign}.cuts"), cuts as f64, "cuts");
+    record(&format!("{campaign}.bricked"), bricked as f64, "devices");
+    record(&format!("{campaign}.wall"), started.elapsed().as_secs_f64(), "s");
     if bricked > 0 {
         std::process::exit(1);
+    }
+}
+
+/// Records a figure; a figure that cannot be recorded ends the campaign with an error.
+fn record(name: &str, value: f64, unit: &str) {
+    if let Err(e) = Figure::new(name, value, unit).record() {
+        eprintln!("error: {e:#}");
+        std::process::exit(2);
     }
 }

@@ -57,6 +57,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use benchkit::Figure;
 use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::EncodePublicKey;
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
@@ -373,18 +374,6 @@ fn thousands(n: f64) -> String {
     out
 }
 
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines().find_map(|l| {
-                l.strip_prefix("model name")
-                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
-            })
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
-}
-
 fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "MISSED" }
 }
@@ -602,7 +591,7 @@ fn orchestrate() -> Result<()> {
     println!(
         "r2-bench: {cores} cores ({}); servers, database server, baselines and load generator \
          share them, nothing pinned; load average {load_start} at the start",
-        cpu_model(),
+        benchkit::cpu_model(),
     );
 
     let dir = tempfile::tempdir()?;
@@ -658,6 +647,29 @@ fn orchestrate() -> Result<()> {
     let nginx_version = bench.nginx.as_ref().map(|n| n.version.clone());
     drop(bench.nginx.take());
     print!("{}", report(&bench, &runs, nginx_version.as_deref(), &load_start)?);
+    record_figures(&bench, &runs, nginx_version.as_deref())
+}
+
+/// The run's figures in `benchkit`'s form (`r2.<store>.*`), each against its baseline when it
+/// has one.
+fn record_figures(bench: &Bench, runs: &[StoreRun], nginx_version: Option<&str>) -> Result<()> {
+    for run in runs {
+        let store = format!("r2.{}", run.backend.name().to_ascii_lowercase());
+        Figure::new(format!("{store}.enroll"), run.enroll_rate(bench.devices), "devices/s")
+            .record()?;
+        Figure::new(format!("{store}.first-checkins"), run.first.rate(), "check-ins/s").record()?;
+        Figure::new(format!("{store}.checkins"), run.steady.rate(), "check-ins/s")
+            .against("bare hyper", run.bare.rate())
+            .record()?;
+        Figure::new(format!("{store}.checkin-p99"), run.steady.p99_us() / 1e3, "ms")
+            .against("bare hyper", run.bare.p99_us() / 1e3)
+            .record()?;
+        let downloads = Figure::new(format!("{store}.downloads"), run.dl.mbps(), "MB/s");
+        match (&run.nginx_dl, nginx_version) {
+            (Some(nginx), Some(version)) => downloads.against(version, nginx.mbps()).record()?,
+            _ => downloads.record()?,
+        }
+    }
     Ok(())
 }
 

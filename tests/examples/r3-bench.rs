@@ -5,8 +5,9 @@
 //! three replicas on PostgreSQL and a Garage bucket (started here, durable settings) with
 //! fleet-sim spreading every device's requests over them.
 //!
-//! Needs the release binaries: `cargo build --release -p imager -p ota-server`, then
-//! `cargo run --release -p tests --example r3-bench [-- TEST_DEVICES PROD_DEVICES]`.
+//! Run: `scripts/bench.sh r3`, or, with the release binaries built (`cargo build --release -p
+//! imager -p ota-server`), `cargo run --release -p tests --example r3-bench [-- TEST_DEVICES
+//! PROD_DEVICES]`. Its figures (`r3.<deployment>.*`) are recorded through `benchkit`.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use benchkit::Figure;
 use tests::fleet::device::Behaviour;
 use tests::fleet::{Fleet, Options, Summary};
 
@@ -122,15 +124,7 @@ async fn main() -> Result<()> {
     let v2 = id("2.0.0")?;
 
     let deployments = std::env::var("R3_DEPLOYMENTS").unwrap_or_else(|_| "sqlite,replicas".into());
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines().find_map(|l| {
-                l.strip_prefix("model name")
-                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
-            })
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
+    let cpu = benchkit::cpu_model();
     println!("R3 on {} cores ({cpu})", std::thread::available_parallelism().map_or(0, |n| n.get()));
     let mut walls = Vec::new();
     for deployment in deployments.split(',').map(str::trim).filter(|d| !d.is_empty()) {
@@ -278,8 +272,8 @@ async fn run(
     imager(&["promote", v2, "--to", "prod", "--key", &p("prod.pem")], server)?;
     let s = prod.run().await?;
     let wall = started.elapsed().as_secs_f64();
-    let rss: Vec<String> =
-        d.children.iter().map(|c| format!("{:.0}", peak_rss_mib(c.0.id()))).collect();
+    let d_rss: Vec<f64> = d.children.iter().map(|c| peak_rss_mib(c.0.id())).collect();
+    let rss: Vec<String> = d_rss.iter().map(|r| format!("{r:.0}")).collect();
     let own = peak_rss_mib(std::process::id());
     // Per replica counters, summed.
     let mut totals = [0u64; 3];
@@ -322,5 +316,14 @@ async fn run(
     if confirmed as usize != n_test + n_prod {
         bail!("not every device confirmed");
     }
+    let figure = |what: &str| format!("r3.{deployment}.{what}");
+    Figure::new(figure("wall"), wall, "s").record()?;
+    Figure::new(figure("devices"), (n_test + n_prod) as f64, "devices").record()?;
+    Figure::new(figure("bricked"), (t.bricked + s.bricked) as f64, "devices").record()?;
+    Figure::new(figure("checkins"), totals[0] as f64, "check-ins").record()?;
+    Figure::new(figure("download-bytes"), totals[2] as f64, "B").record()?;
+    let server_rss: f64 = d_rss.iter().sum();
+    Figure::new(figure("server-peak-rss"), server_rss, "MiB").record()?;
+    Figure::new(figure("simulator-peak-rss"), own, "MiB").record()?;
     Ok(wall)
 }

@@ -66,13 +66,6 @@ pub fn build_input(here: &Path, work: &Path) -> Result<PathBuf> {
 /// The machine, for the record: cores and CPU model.
 pub fn machine() -> String {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
+    let model = benchkit::cpu_model();
     format!("{cpus} cores, {model}")
 }

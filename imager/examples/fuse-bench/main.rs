@@ -2,11 +2,13 @@
 //! side by side with MCUboot's `imgtool sign` on the same input in the same run, and how well
 //! each supported heatshrink window compresses real Thumb code for the RAM it costs the device.
 //!
-//! Run: `cargo run --release -p imager --example fuse-bench [-- --runs N]`
+//! Run: `scripts/bench.sh fuse` (installs imgtool and heatshrink2 first), or
+//! `cargo run --release -p imager --example fuse-bench [-- --runs N]`. Its figures (`fuse.*`,
+//! `window.*`) are recorded through `benchkit`; with `FWI_BENCH_QUICK` it times one run each.
 //!
 //! Needs `arm-none-eabi-g++` (Debian: gcc-arm-none-eabi libstdc++-arm-none-eabi-newlib) to build
-//! the input, and `imgtool` (PyPI: imgtool). With PyPI's heatshrink2 it also shows windows the
-//! device does not support, from the reference C encoder, for context.
+//! the input, `imgtool` (PyPI: imgtool) and PyPI's heatshrink2 (windows the device does not
+//! support, from the reference C encoder, for context).
 //!
 //! The input is real code: `thumb-app.cpp` (a libstdc++-heavy program) compiled with -Os for a
 //! Cortex-M0 and for a Cortex-M4F; the two raw binaries, back to back, cut at 1 MiB.
@@ -17,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use bench::{build_input, machine, run, time};
+use benchkit::Figure;
 use ed25519_dalek::{Signer, SigningKey};
 use firmware::image::{HeatshrinkParams, compress};
 use sha2::{Digest, Sha256};
@@ -30,6 +33,7 @@ const LINK_ADDRESS: &str = "0x10010400";
 fn main() -> Result<()> {
     let runs: usize = match std::env::args().skip_while(|a| a != "--runs").nth(1) {
         Some(n) => n.parse().context("--runs N")?,
+        None if benchkit::quick() => 1,
         None => 7,
     };
     let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/fuse-bench");
@@ -110,6 +114,19 @@ fn main() -> Result<()> {
         theirs.as_secs_f64() / ours.as_secs_f64(),
         lzma.as_secs_f64() / ours.as_secs_f64()
     );
+    let imgtool_name = format!("imgtool sign {}", imgtool_version());
+    Figure::new("fuse.throughput", mbps(ours), "MB/s")
+        .against(&imgtool_name, mbps(theirs))
+        .record()?;
+    Figure::new("fuse.throughput-vs-lzma2", mbps(ours), "MB/s")
+        .against(format!("{imgtool_name} --compression lzma2armthumb"), mbps(lzma))
+        .record()?;
+    Figure::new("fuse.output", ours_size as f64, "B")
+        .against(&imgtool_name, theirs_size as f64)
+        .record()?;
+    Figure::new("fuse.output-vs-lzma2", ours_size as f64, "B")
+        .against(format!("{imgtool_name} --compression lzma2armthumb"), lzma_size as f64)
+        .record()?;
     println!();
 
     // Where the time goes inside one fuse (no process start, no file I/O).
@@ -140,12 +157,16 @@ fn main() -> Result<()> {
         mbps(hash_time)
     );
     println!("  ed25519 sign of a manifest {:>8.3} ms", ms(sign_time));
+    Figure::new("fuse.heatshrink-compress", mbps(compress_time), "MB/s").record()?;
+    Figure::new("fuse.sha256", mbps(hash_time), "MB/s").record()?;
+    Figure::new("fuse.ed25519-sign", ms(sign_time), "ms").record()?;
     println!();
 
     // Compression of real Thumb code per window, and what the window costs the device.
     // A small real OS too: the .text of the nucleo-f411re fixture OS (arm-none-eabi-objcopy).
+    let os_path = here.join("../../../firmware/tests/vectors/heatshrink/thumb-os.bin");
     let os =
-        std::fs::read(here.join("../../../firmware/tests/vectors/heatshrink/thumb-os.bin")).ok();
+        std::fs::read(&os_path).with_context(|| format!("cannot read {}", os_path.display()))?;
     println!("heatshrink on real Thumb code (stored / installed; smaller is better):");
     println!(
         "  {:<10} {:>13} {:>14} {:>15} {:>14}",
@@ -155,20 +176,26 @@ fn main() -> Result<()> {
         let start = Instant::now();
         let big = compress(p, &input).len();
         let speed = mbps(start.elapsed());
-        let small =
-            os.as_ref().map(|os| format!("{:.3}", compress(p, os).len() as f64 / os.len() as f64));
+        let small = compress(p, &os).len() as f64 / os.len() as f64;
         println!(
             "  {:<10} {:>11} B {:>14.3} {:>15} {:>14.2}{}",
             format!("{}/{}", p.window(), p.lookahead()),
             p.decoder_ram(),
             big as f64 / input.len() as f64,
-            small.unwrap_or_else(|| "-".into()),
+            format!("{small:.3}"),
             speed,
             if p == HeatshrinkParams::DEFAULT { "   <- default" } else { "" }
         );
+        let window = format!("window.{}-{}", p.window(), p.lookahead());
+        Figure::new(format!("{window}.decoder-ram"), p.decoder_ram() as f64, "B").record()?;
+        Figure::new(format!("{window}.app"), big as f64 / input.len() as f64, "stored/installed")
+            .record()?;
+        Figure::new(format!("{window}.compress"), speed, "MB/s").record()?;
+        Figure::new(format!("{window}.os"), small, "stored/installed").record()?;
     }
     for (w, l) in [(9, 4), (13, 5), (14, 5)] {
-        if let Some(size) = reference_size(&input_path, w, l) {
+        {
+            let size = reference_size(&input_path, w, l)?;
             println!(
                 "  {:<10} {:>11} B {:>14.3} {:>15} {:>14}   (reference C only; not supported on the device)",
                 format!("{w}/{l}"),
@@ -177,6 +204,12 @@ fn main() -> Result<()> {
                 "-",
                 "-"
             );
+            Figure::new(
+                format!("window.{w}-{l}.app-reference-c"),
+                size as f64 / input.len() as f64,
+                "stored/installed",
+            )
+            .record()?;
         }
     }
     Ok(())
@@ -200,11 +233,28 @@ fn build_imager(release_dir: &Path) -> Result<PathBuf> {
     Ok(release_dir.join("imager"))
 }
 
-/// Size of the reference C encoder's stream for (w, l), when python3 has heatshrink2.
-fn reference_size(input: &Path, w: u8, l: u8) -> Option<usize> {
+/// imgtool's version, for the baseline's name.
+fn imgtool_version() -> String {
+    Command::new("imgtool")
+        .arg("version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Size of the reference C encoder's stream for (w, l): python3 with heatshrink2.
+fn reference_size(input: &Path, w: u8, l: u8) -> Result<usize> {
     let script = format!(
         "import heatshrink2,sys; print(len(heatshrink2.encode(open(sys.argv[1],'rb').read(), window_sz2={w}, lookahead_sz2={l})))"
     );
-    let out = Command::new("python3").args(["-c", &script]).arg(input).output().ok()?;
-    String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+    let out = Command::new("python3").args(["-c", &script]).arg(input).output()?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "the reference rows need python3 with heatshrink2 (scripts/bench.sh installs it): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?.trim().parse()?)
 }

@@ -12,10 +12,10 @@
 //!   install.
 //! - Patch creation time for a 1 MiB image (median of 5), and the decoder's RAM.
 //!
-//! Run: `source scripts/tools.sh; need_pip detools detools "R4 baseline"; need_pip bsdiff4
-//! bsdiff4 "R4 baseline"` (puts target/tools/venv/bin first on PATH), then
-//! `cargo run --release -p imager --example r4-delta`. Fails if python3 lacks detools or
-//! bsdiff4, or if any target is missed.
+//! Run: `scripts/bench.sh r4` (installs detools and bsdiff4 into target/tools/venv first), or
+//! `cargo run --release -p imager --example r4-delta` with them on PATH's python3. Fails if
+//! python3 lacks detools or bsdiff4, or if any target is missed. Its figures (`r4.*`) are
+//! recorded through `benchkit`; with `FWI_BENCH_QUICK` patch creation is timed once, not 5 times.
 
 #[path = "../common/bench.rs"]
 mod bench;
@@ -25,6 +25,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use bench::{build_input, machine, time};
+use benchkit::Figure;
 use boards::Catalog;
 use firmware::delta::{MODEL_BYTES, PatchOptions, create_patch};
 use firmware::flash::{FlashLayout, LayoutSpec, Region, SectorRun, Slot};
@@ -152,6 +153,18 @@ fn main() -> Result<()> {
             if ratio > 0.8 {
                 missed.push(format!("{board} {variant}: {ratio:.3} of detools' heatshrink patch"));
             }
+            let pair = format!("r4.{board}.{variant}");
+            let ours = created.patch_size as f64;
+            Figure::new(format!("{pair}.full"), new.len() as f64, "B").record()?;
+            Figure::new(format!("{pair}.patch"), ours, "B")
+                .against("detools heatshrink", theirs.heatshrink as f64)
+                .record()?;
+            Figure::new(format!("{pair}.patch-vs-lzma"), ours, "B")
+                .against("detools lzma", theirs.lzma as f64)
+                .record()?;
+            Figure::new(format!("{pair}.patch-vs-bsdiff4"), ours, "B")
+                .against("bsdiff4", theirs.bsdiff4 as f64)
+                .record()?;
             println!(
                 "{board:<11} {what:<16} {:>9} {:>8} {:>10} {:>12} {:>8} {:>11.3}",
                 new.len(),
@@ -270,6 +283,15 @@ fn r1(
         "  (a patch changes what is downloaded, not what is written: slot B receives the same \
          installed bytes either way)"
     );
+    Figure::new("r4.r1.download", patch.bytes.len() as f64, "B")
+        .against("full image", new.len() as f64)
+        .record()?;
+    Figure::new("r4.r1.patch.erases", patch_total.erases as f64, "erases")
+        .against("full image", full_total.erases as f64)
+        .record()?;
+    Figure::new("r4.r1.patch.programmed", patch_total.programmed as f64, "B")
+        .against("full image", full_total.programmed as f64)
+        .record()?;
     if share > 0.05 {
         missed.push(format!("R1: the patch is {:.2}% of the full image", 100.0 * share));
     }
@@ -310,19 +332,24 @@ fn creation_time(root: &Path, work: &Path, missed: &mut Vec<String>) -> Result<(
     let mut rng = Rng::new(3);
     let random: Vec<u8> = (0..input.len()).map(|_| rng.next_u64() as u8).collect();
     let unrelated = image(random, "3.0.0")?;
+    let runs = if benchkit::quick() { 1 } else { 5 };
     println!(
-        "patch creation for a 1 MiB image (1 MiB of Thumb code from fuse-bench), median of 5:"
+        "patch creation for a 1 MiB image (1 MiB of Thumb code from fuse-bench), median of {runs}:"
     );
-    for (what, new) in
-        [("a release's edits", &new), ("halves swapped", &swapped), ("unrelated bytes", &unrelated)]
-    {
+    for (figure, what, new) in [
+        ("edits", "a release's edits", &new),
+        ("swapped", "halves swapped", &swapped),
+        ("unrelated", "unrelated bytes", &unrelated),
+    ] {
         let mut size = 0;
-        let elapsed = time(5, || {
+        let elapsed = time(runs, || {
             let patch = create_patch(&old, new, layout.start, 0xFF, &PatchOptions::default())?;
             size = patch.bytes.len();
             Ok(())
         })?;
         println!("  {what:<28} {:>7.3} s, patch {size} B", elapsed.as_secs_f64());
+        Figure::new(format!("r4.create-1mib.{figure}"), elapsed.as_secs_f64(), "s").record()?;
+        Figure::new(format!("r4.create-1mib.{figure}.patch"), size as f64, "B").record()?;
         if elapsed.as_secs_f64() > 2.0 {
             missed
                 .push(format!("1 MiB patch creation ({what}) took {:.2} s", elapsed.as_secs_f64()));
