@@ -214,6 +214,18 @@ impl Board {
 }
 
 impl Board {
+    /// The block shift patches for this board are cut with: segments of 16 KiB or one erase
+    /// unit of slot A, whichever is larger (up to 64 KiB). A device checkpoints where a segment
+    /// starts on an erase unit boundary; 16 KiB is also the agent's default checkpoint interval
+    /// for full images, so a patch resumes as finely as an image does, and its segments are
+    /// long enough to compress well (each starts its model afresh: 4 KiB segments cost about
+    /// 4 % more on the fixtures' pairs). `imager delta create` and the server use it alike.
+    pub fn patch_block_shift(&self) -> Result<u8, firmware::flash::LayoutProblem> {
+        let layout = self.flash_layout()?;
+        let unit = layout.unit(layout.slot(firmware::flash::Slot::A), 0).map_or(4096, |u| u.size);
+        Ok((31 - unit.leading_zeros()).clamp(14, 16) as u8)
+    }
+
     /// The layout the device code (boot logic, update agent) works with.
     pub fn flash_layout(
         &self,

@@ -45,15 +45,9 @@ pub struct Created {
     pub patch: EncodedPatch,
 }
 
-/// The block shift `create` uses for `board`: segments of 16 KiB or one erase unit of slot A,
-/// whichever is larger (up to 64 KiB). A device checkpoints where a segment starts on an erase
-/// unit boundary; 16 KiB is also the agent's default checkpoint interval for full images, so a
-/// patch resumes as finely as an image does, and its segments are long enough to compress well
-/// (each starts its model afresh: 4 KiB segments cost about 4 % more on the fixtures' pairs).
+/// The block shift `create` uses for `board` (see [`Board::patch_block_shift`]).
 pub fn default_block_shift(board: &Board) -> Result<u8> {
-    let layout = board.flash_layout()?;
-    let unit = layout.unit(layout.slot(firmware::flash::Slot::A), 0).map_or(4096, |u| u.size);
-    Ok((31 - unit.leading_zeros()).clamp(14, 16) as u8)
+    Ok(board.patch_block_shift()?)
 }
 
 /// Makes the patch from image file `source` to image file `target` (same board).

@@ -143,6 +143,7 @@ impl Gateway {
                         image_id: image,
                         kind: *kind,
                         detail: (!detail.is_empty()).then(|| detail.to_string()),
+                        transport: None,
                     };
                     let said =
                         if detail.is_empty() { String::new() } else { format!(": {detail}") };

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{EnvironmentName, HexBytes, ImageId};
+use crate::{EnvironmentName, HexBytes, ImageId, Sha256};
 
 /// What a device reports about one update step (defined with the serial link's messages, so a
 /// device on the link and one on HTTP say the same things).
@@ -49,6 +49,55 @@ pub struct SlotBReport {
     pub image_id: Option<ImageId>,
 }
 
+/// Something a device can do beyond the baseline, announced in its check-in: the server offers
+/// only what a device announced (a device that announces nothing gets full images).
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Debug,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
+#[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
+pub enum Capability {
+    /// It installs patches (docs/delta.md) against the image in its slot A.
+    Delta,
+}
+
+/// The form an offered image is downloaded in.
+#[derive(
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    Debug,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
+#[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
+pub enum Transport {
+    /// The `.fwi` file.
+    #[default]
+    Image,
+    /// A patch from the image the device runs (its slot A) to the offered one.
+    Patch,
+}
+
 /// A device's check-in (`POST /device/checkin`): what it runs.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -68,6 +117,10 @@ pub struct CheckIn {
     /// The last release sequence applied.
     #[serde(default)]
     pub release_sequence: Option<u64>,
+    /// What it can do beyond full images (absent: nothing; devices made before capabilities
+    /// existed keep getting full images).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<Capability>,
 }
 
 impl CheckIn {
@@ -90,6 +143,7 @@ impl CheckIn {
             slot_b: Some(SlotBReport { state, image_id: image }),
             last_outcome: status.outcome.map(outcome_text),
             release_sequence: Some(status.release_sequence),
+            capabilities: Vec::new(),
         }
     }
 }
@@ -119,15 +173,23 @@ pub struct CheckInResponse {
 pub struct Offer {
     /// The image.
     pub image_id: ImageId,
-    /// Size of the `.fwi` file in bytes.
+    /// What `url` serves: the image file, or a patch to it from the image the device runs.
+    #[serde(default)]
+    pub transport: Transport,
+    /// For a patch: the image it applies to (the device's slot A, as it last reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<ImageId>,
+    /// Size in bytes of what `url` serves.
     pub size: u64,
+    /// SHA-256 of what `url` serves.
+    pub sha256: Sha256,
     /// The signed release statement (the device checks it with its environment's key).
     pub release: HexBytes,
     /// The environment.
     pub environment: EnvironmentName,
     /// The release sequence.
     pub sequence: u64,
-    /// Where to download the file (supports `Range`), relative to the server.
+    /// Where to download it (supports `Range`), relative to the server.
     pub url: String,
 }
 
@@ -142,6 +204,11 @@ pub struct NewEvent {
     /// Free text, at most [`NewEvent::MAX_DETAIL`] bytes.
     #[serde(default)]
     pub detail: Option<String>,
+    /// The form of the download it is about, where it matters: a `failed` step with `patch`
+    /// says the patch failed (refused against slot A, say), not the image, and the device is
+    /// offered the full image next time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<Transport>,
 }
 
 impl NewEvent {

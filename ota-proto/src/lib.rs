@@ -25,7 +25,8 @@ pub mod client;
 
 pub use audit::{AuditAction, AuditEntry};
 pub use device_api::{
-    CheckIn, CheckInResponse, EventKind, NewEvent, Offer, SlotBReport, SlotBState, outcome_text,
+    Capability, CheckIn, CheckInResponse, EventKind, NewEvent, Offer, SlotBReport, SlotBState,
+    Transport, outcome_text,
 };
 pub use devices::{
     DeviceCreated, DeviceDetail, DeviceEvent, DeviceFilter, DeviceInfo, DeviceState, DeviceToken,

@@ -76,6 +76,10 @@ pub struct Settings {
     #[arg(long, env = "OTA_HOUSEKEEPING_SECS")]
     #[serde(alias = "seen_flush_secs")]
     pub housekeeping_secs: Option<u64>,
+    /// Offer a device that announces delta support a patch only when it is at most this share
+    /// of the full image's size, 0 to 1 (0: never offer patches) [default: 0.5].
+    #[arg(long, env = "OTA_PATCH_MAX_RATIO")]
+    pub patch_max_ratio: Option<f64>,
 }
 
 impl Settings {
@@ -99,6 +103,7 @@ impl Settings {
             boards: self.boards.or(other.boards),
             log_format: self.log_format.or(other.log_format),
             housekeeping_secs: self.housekeeping_secs.or(other.housekeeping_secs),
+            patch_max_ratio: self.patch_max_ratio.or(other.patch_max_ratio),
         }
     }
 
@@ -110,7 +115,14 @@ impl Settings {
         let blobs =
             Location::from_setting(self.blobs.as_deref(), self.s3_endpoint.as_deref(), &data)
                 .map_err(anyhow::Error::msg)?;
+        let patch_max_ratio = self.patch_max_ratio.unwrap_or(DEFAULT_PATCH_MAX_RATIO);
+        if !(0.0..=1.0).contains(&patch_max_ratio) {
+            anyhow::bail!(
+                "patch_max_ratio {patch_max_ratio}: must be between 0 (never offer patches) and 1"
+            );
+        }
         Ok(Config {
+            patch_max_ratio,
             blobs,
             downloads: self.downloads.unwrap_or_default(),
             listen: self.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
@@ -145,7 +157,13 @@ pub struct Config {
     pub json_logs: bool,
     /// Between writes of last check-in times and rollout re-evaluations.
     pub housekeeping: Duration,
+    /// Largest patch offered, as a share of the full image.
+    pub patch_max_ratio: f64,
 }
+
+/// Default [`Config::patch_max_ratio`]: a patch must halve the download to be worth the
+/// device's extra work (reading slot A, decoding) over a plain copy.
+pub const DEFAULT_PATCH_MAX_RATIO: f64 = 0.5;
 
 /// Default largest image: 16 MiB.
 pub const DEFAULT_MAX_IMAGE_SIZE: usize = 16 << 20;
@@ -198,6 +216,14 @@ mod tests {
             }
         );
         let folder = Settings { data: Some("/d".into()), ..Settings::default() }.resolve().unwrap();
+        assert_eq!(folder.patch_max_ratio, DEFAULT_PATCH_MAX_RATIO);
+        let ratio: Settings = toml::from_str("data = \"/d\"\npatch_max_ratio = 0.2").unwrap();
+        assert_eq!(ratio.resolve().unwrap().patch_max_ratio, 0.2);
+        let err =
+            Settings { data: Some("/d".into()), patch_max_ratio: Some(1.5), ..Settings::default() }
+                .resolve()
+                .unwrap_err();
+        assert!(err.to_string().contains("patch_max_ratio 1.5"), "{err}");
         assert_eq!(folder.blobs, Location::Folder("/d/blobs".into()));
         let bad = Settings {
             data: Some("/d".into()),

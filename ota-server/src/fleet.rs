@@ -16,7 +16,7 @@ use firmware::image::TrustedKey;
 use crate::rollout;
 use crate::store::{
     BoardName, BuildKeyRow, DeviceId, DeviceRow, EnvironmentName, EnvironmentRow, EventKind,
-    ImageId, ImageRow, Mutation, ReleaseRow, RolloutAt, RolloutState, Snapshot, TokenRow,
+    ImageId, ImageRow, Mutation, PatchRow, ReleaseRow, RolloutAt, RolloutState, Snapshot, TokenRow,
 };
 
 /// An environment with its keys, ready to verify and sign.
@@ -59,6 +59,8 @@ pub struct Device {
     /// The last step it reported: devices repeat a report they are not sure arrived, and a
     /// repeat is recorded once.
     pub last_event: Option<(ImageId, EventKind)>,
+    /// Images it failed a patch to: offered whole from then on.
+    pub patch_failed: HashSet<ImageId>,
 }
 
 impl Device {
@@ -68,6 +70,7 @@ impl Device {
             bucket: rollout::bucket(row.id.as_str()),
             seen_dirty: false,
             last_event: None,
+            patch_failed: HashSet::new(),
             row,
         }
     }
@@ -120,6 +123,8 @@ pub struct Fleet {
     pub build_keys: Vec<(TrustedKey, String)>,
     /// Outcomes per image.
     pub outcomes: HashMap<ImageId, Outcomes>,
+    /// Stored patches by (source, target).
+    pub patches: HashMap<(ImageId, ImageId), PatchRow>,
 }
 
 /// A row the model cannot use (a corrupted or hand-edited database).
@@ -141,6 +146,8 @@ impl Fleet {
             tokens,
             build_keys,
             outcomes,
+            patches,
+            patch_failures,
         } = snapshot;
         let rows = images
             .into_iter()
@@ -149,7 +156,9 @@ impl Fleet {
             .chain(releases.into_iter().map(|r| Mutation::InsertRelease(Box::new(r))))
             .chain(std::iter::once(Mutation::EnrollDevices(devices)))
             .chain(tokens.into_iter().map(Mutation::InsertToken))
-            .chain(build_keys.into_iter().map(Mutation::InsertBuildKey));
+            .chain(build_keys.into_iter().map(Mutation::InsertBuildKey))
+            .chain(patches.into_iter().map(Mutation::InsertPatch))
+            .chain(patch_failures.into_iter().map(Mutation::PatchFailed));
         for m in rows {
             fleet.apply(&m)?;
         }
@@ -300,6 +309,14 @@ impl Fleet {
                 }
             }
             Mutation::Audit(_) => {}
+            Mutation::InsertPatch(row) => {
+                self.patches.entry((row.source, row.target)).or_insert_with(|| row.clone());
+            }
+            Mutation::PatchFailed(row) => {
+                if let Some(&i) = self.device_by_id.get(&row.device) {
+                    self.devices[i].patch_failed.insert(row.image_id);
+                }
+            }
         }
         Ok(())
     }

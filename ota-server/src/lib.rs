@@ -22,6 +22,7 @@ pub mod http;
 pub mod images;
 pub mod journal;
 pub mod metrics;
+pub mod patches;
 pub mod release;
 pub mod rollout;
 pub mod service;

@@ -20,7 +20,10 @@ pub async fn gc(config: Config, min_age: Duration, dry_run: bool) -> Result<()> 
     let blobs = config.blobs.open().context("opening the image store")?;
     let snapshot = store.load().await;
     store.close().await;
-    let named: HashSet<_> = snapshot?.images.into_iter().map(|i| i.file_sha256).collect();
+    let snapshot = snapshot?;
+    // Image files and patches alike.
+    let images = snapshot.images.into_iter().map(|i| i.file_sha256);
+    let named: HashSet<_> = images.chain(snapshot.patches.into_iter().map(|p| p.sha256)).collect();
     let cutoff = SystemTime::now().checked_sub(min_age).unwrap_or(SystemTime::UNIX_EPOCH);
     let (mut kept, mut removed, mut young) = (0, 0, 0);
     for file in blobs.list().await? {

@@ -60,7 +60,11 @@ pub async fn serve(config: Config) -> Result<()> {
     };
     let blobs =
         Blobs::new(config.blobs.open().with_context(|| "opening the image store".to_owned())?);
-    let limits = Limits { max_image_size: config.max_image_size, downloads: config.downloads };
+    let limits = Limits {
+        max_image_size: config.max_image_size,
+        downloads: config.downloads,
+        patch_max_ratio: config.patch_max_ratio,
+    };
     let app = Service::start(store.clone(), blobs, catalog, limits).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -21,6 +21,7 @@ pub(super) fn routes() -> Router<Arc<Service>> {
         .route("/checkin", post(checkin))
         .route("/events", post(event))
         .route("/images/{id}", get(image))
+        .route("/patches/{source}/{target}", get(patch))
 }
 
 async fn checkin(
@@ -47,8 +48,32 @@ async fn image(
     headers: HeaderMap,
     PathParams(id): PathParams<ImageId>,
 ) -> Result<Response, Failure> {
-    match app.device_image(device, id).await? {
-        Download::File(file) => Ok(serve_file(&app, &method, &headers, file, id)),
+    let download = app.device_image(device, id).await?;
+    deliver(&app, &method, &headers, download, &id.to_string())
+}
+
+/// A patch from the image the device runs to the offered one (docs/delta.md), like an image.
+async fn patch(
+    State(app): App,
+    Device(device): Device,
+    method: Method,
+    headers: HeaderMap,
+    PathParams((source, target)): PathParams<(ImageId, ImageId)>,
+) -> Result<Response, Failure> {
+    let download = app.device_patch(device, source, target).await?;
+    deliver(&app, &method, &headers, download, &format!("{source}-{target}"))
+}
+
+/// Sends a download: the bytes (with `Range`), or a redirect to where the store serves them.
+fn deliver(
+    app: &Service,
+    method: &Method,
+    headers: &HeaderMap,
+    download: Download,
+    etag: &str,
+) -> Result<Response, Failure> {
+    match download {
+        Download::File(file) => Ok(serve_file(app, method, headers, file, etag)),
         Download::Redirect(url) => {
             Metrics::count(&app.metrics.redirects);
             let location = axum::http::HeaderValue::from_str(&url).map_err(Failure::internal)?;
@@ -67,15 +92,16 @@ async fn image(
     }
 }
 
-/// Answers a GET or HEAD of an image file (with `Range`), counting what is sent.
+/// Answers a GET or HEAD of a file (with `Range`; `etag` names its content), counting what is
+/// sent.
 pub(super) fn serve_file(
     app: &Service,
     method: &Method,
     headers: &HeaderMap,
     file: bytes::Bytes,
-    id: ImageId,
+    etag: &str,
 ) -> Response {
-    let (response, sent) = range::serve(headers, file, &format!("\"{id}\""));
+    let (response, sent) = range::serve(headers, file, &format!("\"{etag}\""));
     // HEAD answers send no bytes.
     if sent > 0 && method != Method::HEAD {
         Metrics::count(&app.metrics.downloads);

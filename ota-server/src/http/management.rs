@@ -96,7 +96,7 @@ async fn image_file(
     PathParams(id): PathParams<ImageId>,
 ) -> Answer {
     let file = app.image_file(id).await?;
-    Ok(serve_file(&app, &method, &headers, file, id))
+    Ok(serve_file(&app, &method, &headers, file, &id.to_string()))
 }
 
 async fn build_keys(State(app): App, _: Management) -> Answer {

@@ -1,7 +1,7 @@
 //! The device API: check-ins, offers, downloads and update reports, for one device per token.
 
 use bytes::Bytes;
-use ota_proto::{CheckIn, CheckInResponse, NewEvent, Offer};
+use ota_proto::{CheckIn, CheckInResponse, EventKind, NewEvent, Offer, Transport};
 
 use super::{Service, unknown_image};
 use crate::auth;
@@ -11,7 +11,7 @@ use crate::fleet::Fleet;
 use crate::metrics::Metrics;
 use crate::release::short;
 use crate::rollout;
-use crate::store::{EventRow, ImageId, Mutation, Reported, Timestamp};
+use crate::store::{EventRow, ImageId, Mutation, Reported, Sha256, Timestamp};
 
 /// How long a presigned download URL is good for: long enough for a slow device to fetch an
 /// image in one go; a device that resumes later asks the server again.
@@ -38,10 +38,13 @@ pub fn offer_for(fleet: &Fleet, d: usize) -> Option<Offer> {
     if !rollout::offered(release.at(), &release.cutoffs, device.bucket) {
         return None;
     }
-    let size = fleet.images.get(&image)?.size;
+    let file = fleet.images.get(&image)?;
     Some(Offer {
         image_id: image,
-        size,
+        transport: Transport::Image,
+        source: None,
+        size: file.size,
+        sha256: file.file_sha256,
         release: ota_proto::HexBytes(release.row.statement.clone()),
         environment: release.row.environment.clone(),
         sequence: release.row.sequence,
@@ -69,13 +72,14 @@ impl Service {
     }
 
     /// A device checks in: records what it runs and answers with an offer or nothing.
-    pub async fn checkin(&self, device: usize, report: CheckIn) -> Outcome<CheckInResponse> {
+    pub async fn checkin(&self, device: usize, mut report: CheckIn) -> Outcome<CheckInResponse> {
         if report.last_outcome.as_ref().is_some_and(|o| o.len() > CheckIn::MAX_OUTCOME) {
             return Err(Failure::bad(
                 "too_long",
                 format!("last_outcome is at most {} bytes", CheckIn::MAX_OUTCOME),
             ));
         }
+        let capabilities = std::mem::take(&mut report.capabilities);
         let reported = Reported {
             confirmed: report.image_id.is_some() && !report.trial,
             running: report.image_id,
@@ -96,6 +100,10 @@ impl Service {
             self.after_report(device).await;
         }
         let offer = offer_for(&self.fleet(), device);
+        let offer = match offer {
+            Some(offer) => Some(self.choose_transport(device, &capabilities, offer).await),
+            None => None,
+        };
         Metrics::count(&self.metrics.checkins);
         if offer.is_some() {
             Metrics::count(&self.metrics.offers);
@@ -118,31 +126,40 @@ impl Service {
     /// An image file for a device: only its environment's current image for its board. Where
     /// downloads are redirected and the store signs URLs, where to fetch it instead.
     pub async fn device_image(&self, device: usize, image: ImageId) -> Outcome<Download> {
+        self.check_offered(device, image)?;
+        let blob = self.fleet().images.get(&image).map(|i| i.file_sha256);
+        self.download(blob.ok_or_else(|| unknown_image(image))?).await
+    }
+
+    /// Refuses a download of anything but `image`, if that is not the device's environment's
+    /// current image for its board.
+    pub(super) fn check_offered(&self, device: usize, image: ImageId) -> Outcome<()> {
+        let fleet = self.fleet();
+        let d = &fleet.devices[device];
+        let allowed = fleet
+            .current(d.row.environment.as_str(), d.row.board.as_str())
+            .is_some_and(|r| r.row.image_id == image);
+        if !allowed {
+            return Err(Failure::not_found(
+                "not_offered",
+                format!(
+                    "image {} is not released to this device's environment and board",
+                    short(image)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Where a device gets file `blob` (an image or a patch): a presigned URL of the store
+    /// where downloads are redirected and it signs them, else the bytes.
+    pub(super) async fn download(&self, blob: Sha256) -> Outcome<Download> {
+        if self.limits.downloads == Downloads::Redirect
+            && let Some(url) = self.blobs.store().presign(&blob, PRESIGNED_FOR).await?
         {
-            let fleet = self.fleet();
-            let d = &fleet.devices[device];
-            let allowed = fleet
-                .current(d.row.environment.as_str(), d.row.board.as_str())
-                .is_some_and(|r| r.row.image_id == image);
-            if !allowed {
-                return Err(Failure::not_found(
-                    "not_offered",
-                    format!(
-                        "image {} is not released to this device's environment and board",
-                        short(image)
-                    ),
-                ));
-            }
+            return Ok(Download::Redirect(url));
         }
-        if self.limits.downloads == Downloads::Redirect {
-            let blob = self.fleet().images.get(&image).map(|i| i.file_sha256);
-            if let Some(blob) = blob
-                && let Some(url) = self.blobs.store().presign(&blob, PRESIGNED_FOR).await?
-            {
-                return Ok(Download::Redirect(url));
-            }
-        }
-        Ok(Download::File(self.image_file(image).await?))
+        Ok(Download::File(self.blobs.get(&blob).await?))
     }
 
     /// A device reports an update step.
@@ -152,6 +169,17 @@ impl Service {
                 "too_long",
                 format!("detail is at most {} bytes", NewEvent::MAX_DETAIL),
             ));
+        }
+        if event.kind == EventKind::Failed && event.transport == Some(Transport::Patch) {
+            // The patch failed (refused against slot A, say), not the image: it neither counts
+            // against the image nor stops its offer; the image comes whole next time.
+            if !self.fleet().images.contains_key(&event.image_id) {
+                return Err(unknown_image(event.image_id));
+            }
+            let m = self.patch_failed(device, event.image_id, event.detail);
+            self.journal.commit(vec![m]).await?;
+            Metrics::count(&self.metrics.events);
+            return Ok(());
         }
         let m = {
             let fleet = self.fleet();

@@ -13,6 +13,7 @@ mod device_api;
 mod devices;
 mod environments;
 mod images;
+mod patches;
 mod releases;
 mod tokens;
 pub mod views;
@@ -41,6 +42,8 @@ pub struct Limits {
     pub max_image_size: usize,
     /// How devices download image files.
     pub downloads: crate::config::Downloads,
+    /// Largest patch offered, as a share of the full image (0: none).
+    pub patch_max_ratio: f64,
 }
 
 /// The server.
@@ -52,6 +55,9 @@ pub struct Service {
     catalog: Catalog,
     /// One management operation at a time in this process.
     management: tokio::sync::Mutex<()>,
+    /// One patch made at a time in this process: a check-in that needs one another is making
+    /// waits for it instead of making it again, and patch making takes at most one core.
+    patching: tokio::sync::Mutex<()>,
     /// Counters.
     pub metrics: Metrics,
     /// Limits.
@@ -84,6 +90,7 @@ impl Service {
             blobs: Arc::new(blobs),
             catalog,
             management: tokio::sync::Mutex::new(()),
+            patching: tokio::sync::Mutex::new(()),
             metrics: Metrics::default(),
             limits,
         });

@@ -170,6 +170,35 @@ impl DeviceRow {
     }
 }
 
+/// A patch kept in the blob store: content-addressed by the pair of images it joins (made
+/// from them alone, so every replica that makes it makes the same bytes).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PatchRow {
+    /// The image it applies to.
+    pub source: ImageId,
+    /// The image it rebuilds.
+    pub target: ImageId,
+    /// SHA-256 of the patch file (its blob's name).
+    pub sha256: Sha256,
+    /// Its size, bytes (kept even where it is too large to offer, so it is not made again).
+    pub size: u64,
+    /// When it was made.
+    pub created_at: Timestamp,
+}
+
+/// A device that failed a patch to an image: it gets that image whole from then on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PatchFailureRow {
+    /// The device.
+    pub device: DeviceId,
+    /// The image the patch was to rebuild.
+    pub image_id: ImageId,
+    /// When it reported it.
+    pub at: Timestamp,
+    /// Its words (the refusal).
+    pub detail: Option<String>,
+}
+
 /// A management token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenRow {
@@ -315,6 +344,11 @@ pub enum Mutation {
     InsertBuildKey(BuildKeyRow),
     /// An audit entry.
     Audit(AuditRow),
+    /// A patch made and stored (its blob is already durable). Making it twice (two replicas
+    /// at once) gives the same row: the second is ignored.
+    InsertPatch(PatchRow),
+    /// A device failed a patch (the last report per device and image is kept).
+    PatchFailed(PatchFailureRow),
 }
 
 impl Mutation {
@@ -353,6 +387,10 @@ pub struct Snapshot {
     /// Distinct (device, image, kind) of the `confirmed`, `reverted` and `failed` events: what
     /// the promotion gate counts.
     pub outcomes: Vec<(DeviceId, ImageId, EventKind)>,
+    /// Patches stored.
+    pub patches: Vec<PatchRow>,
+    /// Patches devices failed.
+    pub patch_failures: Vec<PatchFailureRow>,
 }
 
 /// Every row of a store, histories included: what `ota-server copy-store` moves.
@@ -377,6 +415,8 @@ impl Dump {
             ("devices", s.devices.len()),
             ("tokens", s.tokens.len()),
             ("build_keys", s.build_keys.len()),
+            ("patches", s.patches.len()),
+            ("patch_failures", s.patch_failures.len()),
             ("events", self.events.len()),
             ("audit", self.audit.len()),
         ]

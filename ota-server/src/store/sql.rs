@@ -310,6 +310,52 @@ impl TryFrom<AuditSql> for AuditRecord {
     }
 }
 
+/// A `patches` row.
+#[derive(sqlx::FromRow)]
+pub struct PatchSql {
+    source: String,
+    target: String,
+    sha256: String,
+    size: i64,
+    created_at: i64,
+}
+
+impl TryFrom<PatchSql> for PatchRow {
+    type Error = StoreError;
+    fn try_from(r: PatchSql) -> Result<Self, StoreError> {
+        const T: &str = "patches";
+        Ok(PatchRow {
+            source: parse(T, "source", r.source)?,
+            target: parse(T, "target", r.target)?,
+            sha256: parse(T, "sha256", r.sha256)?,
+            size: uint(T, "size", r.size)?,
+            created_at: Timestamp(r.created_at),
+        })
+    }
+}
+
+/// A `patch_failures` row.
+#[derive(sqlx::FromRow)]
+pub struct PatchFailureSql {
+    device: String,
+    image_id: String,
+    at: i64,
+    detail: Option<String>,
+}
+
+impl TryFrom<PatchFailureSql> for PatchFailureRow {
+    type Error = StoreError;
+    fn try_from(r: PatchFailureSql) -> Result<Self, StoreError> {
+        const T: &str = "patch_failures";
+        Ok(PatchFailureRow {
+            device: parse(T, "device", r.device)?,
+            image_id: parse(T, "image_id", r.image_id)?,
+            at: Timestamp(r.at),
+            detail: r.detail,
+        })
+    }
+}
+
 /// An `(device, image_id, kind)` outcome.
 #[derive(sqlx::FromRow)]
 pub struct OutcomeSql {
@@ -344,6 +390,8 @@ pub const SELECT_BUILD_KEYS: &str = "SELECT public_key, name FROM build_keys";
 pub const SELECT_OUTCOMES: &str = "SELECT DISTINCT device, image_id, kind FROM events \
     WHERE kind IN ('confirmed', 'reverted', 'failed')";
 pub const SELECT_AUDIT: &str = "SELECT seq, at, actor, role, action, target, detail FROM audit";
+pub const SELECT_PATCHES: &str = "SELECT source, target, sha256, size, created_at FROM patches";
+pub const SELECT_PATCH_FAILURES: &str = "SELECT device, image_id, at, detail FROM patch_failures";
 pub const SELECT_EVENTS: &str = "SELECT device, at, image_id, kind, detail FROM events";
 
 /// Rows per multi-row `INSERT` (PostgreSQL takes at most 65,535 parameters a statement).
@@ -382,6 +430,8 @@ macro_rules! queries {
                 tokens: all::<TokenSql, _>(conn, SELECT_TOKENS).await?,
                 build_keys: all::<BuildKeySql, _>(conn, SELECT_BUILD_KEYS).await?,
                 outcomes: all::<OutcomeSql, _>(conn, SELECT_OUTCOMES).await?,
+                patches: all::<PatchSql, _>(conn, SELECT_PATCHES).await?,
+                patch_failures: all::<PatchFailureSql, _>(conn, SELECT_PATCH_FAILURES).await?,
             })
         }
 
@@ -833,6 +883,34 @@ macro_rules! queries {
                     .await?
                     .rows_affected()
                 }
+                Mutation::InsertPatch(p) => {
+                    sqlx::query(
+                        "INSERT INTO patches (source, target, sha256, size, created_at) \
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (source, target) DO NOTHING",
+                    )
+                    .bind(p.source.to_string())
+                    .bind(p.target.to_string())
+                    .bind(p.sha256.to_string())
+                    .bind(p.size as i64)
+                    .bind(p.created_at.0)
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected()
+                }
+                Mutation::PatchFailed(f) => {
+                    sqlx::query(
+                        "INSERT INTO patch_failures (device, image_id, at, detail) \
+                         VALUES ($1, $2, $3, $4) ON CONFLICT (device, image_id) \
+                         DO UPDATE SET at = excluded.at, detail = excluded.detail",
+                    )
+                    .bind(f.device.as_str())
+                    .bind(f.image_id.to_string())
+                    .bind(f.at.0)
+                    .bind(&f.detail)
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected()
+                }
             };
             Ok(Ok(()))
         }
@@ -926,12 +1004,19 @@ macro_rules! queries {
                 });
                 insert.build().execute(&mut *tx).await?;
             }
+            let patches = s.patches.iter().cloned().map(Mutation::InsertPatch);
+            let failures = s.patch_failures.iter().cloned().map(Mutation::PatchFailed);
+            for m in patches.chain(failures) {
+                if let Err(c) = apply(&mut *tx, &m).await? {
+                    return Err(StoreError::new(format!("copying: {c}")));
+                }
+            }
             Ok(())
         }
 
         /// Whether every table is empty.
         pub async fn is_empty(conn: &mut Conn) -> Result<bool, StoreError> {
-            for table in ["images", "environments", "releases", "devices", "tokens", "build_keys", "events", "audit"] {
+            for table in ["images", "environments", "releases", "devices", "tokens", "build_keys", "events", "audit", "patches", "patch_failures"] {
                 let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}")).fetch_one(&mut *conn).await?;
                 if n > 0 {
                     return Ok(false);

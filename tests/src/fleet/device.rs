@@ -267,7 +267,7 @@ impl SimulatedDevice {
         kind: EventKind,
         detail: Option<String>,
     ) -> Result<()> {
-        let body = &NewEvent { image_id: image, kind, detail };
+        let body = &NewEvent { image_id: image, kind, detail, transport: None };
         let what = format!("event {}", kind.as_str());
         self.server
             .call(&mut self.tally.retries, &what, |c| async move { c.event(body).await })
