@@ -10,6 +10,7 @@
 //! docs/server-api.md describes every route that carries these types.
 
 mod audit;
+mod dashboard;
 mod device_api;
 mod devices;
 mod environments;
@@ -24,6 +25,7 @@ mod tokens;
 pub mod client;
 
 pub use audit::{AuditAction, AuditEntry};
+pub use dashboard::{DevicePage, DevicePageQuery, MAX_DEVICE_PAGE, SessionInfo, SignIn};
 pub use device_api::{
     Capability, CheckIn, CheckInResponse, EventKind, NewEvent, Offer, SlotBReport, SlotBState,
     Transport, outcome_text,

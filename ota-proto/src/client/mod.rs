@@ -358,6 +358,14 @@ impl Client {
         self.get(&format!("/devices{query}")).await
     }
 
+    /// `GET /fleet/devices?...`: one page of the devices matching `query`, and their count.
+    pub async fn device_page(&self, query: &DevicePageQuery) -> Result<DevicePage, Error> {
+        let path = "/fleet/devices";
+        let query = serde_urlencoded::to_string(query)
+            .map_err(|e| Error::Setting(format!("cannot encode the query of {path}: {e}")))?;
+        self.get(&format!("{path}?{query}")).await
+    }
+
     /// `GET /devices/{id}`: one device and its recent events.
     pub async fn device(&self, id: &DeviceId) -> Result<DeviceDetail, Error> {
         self.get(&format!("/devices/{id}")).await

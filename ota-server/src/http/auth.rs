@@ -1,5 +1,6 @@
 //! Authentication as extractors: a handler that takes [`Management`] or [`Device`] runs only
-//! for a request whose bearer token is one, and knows who asks.
+//! for a request whose bearer token is one (or whose dashboard session cookie stands for one,
+//! see [`super::session`]), and knows who asks.
 
 use std::sync::Arc;
 
@@ -19,7 +20,14 @@ impl FromRequestParts<Arc<Service>> for Management {
     type Rejection = Failure;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<Service>) -> Result<Self, Failure> {
-        let actor = app.authenticate(bearer(&parts.headers)).await?;
+        let actor = match (bearer(&parts.headers), super::session::cookie(&parts.headers)) {
+            // A dashboard session: reads need the cookie, changes the CSRF token too.
+            (None, Some(secret)) => {
+                let csrf = super::session::csrf(&parts.headers);
+                app.session(secret, csrf, !parts.method.is_safe()).await?.0
+            }
+            (token, _) => app.authenticate(token).await?,
+        };
         app.sync().await?;
         Ok(Management(actor))
     }

@@ -9,13 +9,14 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use ota_proto::{
-    BoardName, DeviceFilter, DeviceId, EnvironmentName, ImageId, NewBuildKey, NewDevice,
-    NewDevices, NewEnvironment, NewRelease, NewToken, Role, RollbackRequest, TokenId,
+    BoardName, DeviceFilter, DeviceId, DevicePageQuery, EnvironmentName, ImageId, NewBuildKey,
+    NewDevice, NewDevices, NewEnvironment, NewRelease, NewToken, Role, RollbackRequest, TokenId,
 };
 use serde::Deserialize;
 
 use super::auth::Management;
 use super::device::serve_file;
+use super::session;
 use super::{App, JsonBody, PathParams, QueryParams, read_body, require_content_type};
 use crate::error::Failure;
 use crate::service::Service;
@@ -49,6 +50,8 @@ pub(super) fn routes() -> Router<Arc<Service>> {
         .route("/tokens", get(tokens).post(create_token))
         .route("/tokens/{id}", delete(revoke_token))
         .route("/audit", get(audit))
+        .route("/fleet/devices", get(device_page))
+        .route("/session", get(session::current).post(session::sign_in).delete(session::sign_out))
 }
 
 async fn openapi() -> Response {
@@ -270,4 +273,12 @@ struct AuditQuery {
 
 async fn audit(State(app): App, _: Management, QueryParams(q): QueryParams<AuditQuery>) -> Answer {
     ok(app.audit(q.before, q.limit.unwrap_or(100)).await?)
+}
+
+async fn device_page(
+    State(app): App,
+    _: Management,
+    QueryParams(q): QueryParams<DevicePageQuery>,
+) -> Answer {
+    ok(app.device_page(&q)?)
 }

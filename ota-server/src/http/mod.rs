@@ -5,6 +5,8 @@ mod auth;
 mod device;
 mod management;
 mod range;
+mod session;
+mod ui;
 
 use std::sync::Arc;
 
@@ -35,6 +37,10 @@ pub fn router(app: Arc<Service>) -> Router {
     Router::new()
         .nest("/api/v1/device", device::routes())
         .nest("/api/v1", management::routes())
+        .route("/", get(ui::root))
+        .route("/ui/", get(ui::index))
+        .route("/ui/app.js", get(ui::script))
+        .route("/ui/app.css", get(ui::style))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))

@@ -183,10 +183,7 @@ impl Service {
         fleet
             .devices
             .iter()
-            .filter(|d| filter.environment.as_ref().is_none_or(|e| &d.row.environment == e))
-            .filter(|d| filter.board.as_ref().is_none_or(|b| &d.row.board == b))
-            .filter(|d| filter.image.is_none_or(|i| d.running() == Some(i)))
-            .filter(|d| filter.state.is_none_or(|s| views::device_state(&fleet, d) == s))
+            .filter(|d| super::device_pages::matches(&fleet, d, filter))
             .take(filter.limit.unwrap_or(usize::MAX))
             .map(|d| views::device_info(&fleet, d))
             .collect()

@@ -10,16 +10,19 @@
 //! time in this process; races between replicas are settled by the store's preconditions.
 
 mod device_api;
+mod device_pages;
 mod devices;
 mod environments;
 mod images;
 mod patches;
 mod releases;
+mod sessions;
 mod tokens;
 pub mod views;
 
 pub use device_api::{Download, PRESIGNED_FOR};
 pub use environments::new_key_pair;
+pub use sessions::{SESSION_LIFETIME, SignedIn};
 pub use tokens::new_token_row;
 
 use std::sync::{Arc, Mutex, MutexGuard};

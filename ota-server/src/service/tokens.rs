@@ -28,7 +28,13 @@ impl Service {
         let unauthorized = |m: &str| Failure::new(FailureKind::Unauthorized, "unauthorized", m);
         let token = token
             .ok_or_else(|| unauthorized("missing bearer token (Authorization: Bearer TOKEN)"))?;
-        let hash = auth::hash(token);
+        self.authenticate_hash(auth::hash(token)).await
+    }
+
+    /// The actor behind a management token, by the token's hash (a dashboard session keeps
+    /// only that).
+    pub async fn authenticate_hash(&self, hash: [u8; 32]) -> Outcome<Actor> {
+        let unauthorized = |m: &str| Failure::new(FailureKind::Unauthorized, "unauthorized", m);
         let found = self.fleet().tokens.get(&hash).cloned();
         let row = match found {
             Some(row) => row,

@@ -169,6 +169,19 @@ pub trait Store: Send + Sync + 'static {
     /// server runs are found here.
     async fn token(&self, hash: [u8; 32]) -> Result<Option<TokenRow>, StoreError>;
 
+    /// Opens a dashboard session.
+    async fn create_session(&self, session: &SessionRow) -> Result<(), StoreError>;
+
+    /// A dashboard session by the hash of its secret, unless it expired before `now`.
+    async fn session(
+        &self,
+        hash: [u8; 32],
+        now: Timestamp,
+    ) -> Result<Option<SessionRow>, StoreError>;
+
+    /// Ends a dashboard session.
+    async fn end_session(&self, hash: [u8; 32]) -> Result<(), StoreError>;
+
     /// Answers when the database is reachable.
     async fn ping(&self) -> Result<(), StoreError>;
 

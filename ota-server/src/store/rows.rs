@@ -422,3 +422,19 @@ impl Dump {
         ]
     }
 }
+
+/// A dashboard sign-in session. Not part of the fleet model (no replica needs it in memory, and
+/// it is not audited): it is written and read straight through the store, so a session opened
+/// on one replica is valid on all of them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionRow {
+    /// SHA-256 of the session's secret (the cookie's value).
+    pub hash: [u8; 32],
+    /// SHA-256 of the management token it was opened with: its role applies, and revoking the
+    /// token ends the session.
+    pub token_hash: [u8; 32],
+    /// When it was opened.
+    pub created_at: Timestamp,
+    /// When it stops being valid.
+    pub expires_at: Timestamp,
+}

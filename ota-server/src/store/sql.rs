@@ -52,6 +52,28 @@ pub fn name<T: Into<&'static str>>(value: T) -> &'static str {
     value.into()
 }
 
+/// A `ui_sessions` row.
+#[derive(sqlx::FromRow)]
+pub struct SessionSql {
+    hash: Vec<u8>,
+    token_hash: Vec<u8>,
+    created_at: i64,
+    expires_at: i64,
+}
+
+impl TryFrom<SessionSql> for SessionRow {
+    type Error = StoreError;
+    fn try_from(r: SessionSql) -> Result<Self, StoreError> {
+        const T: &str = "ui_sessions";
+        Ok(SessionRow {
+            hash: key32(T, "hash", r.hash)?,
+            token_hash: key32(T, "token_hash", r.token_hash)?,
+            created_at: Timestamp(r.created_at),
+            expires_at: Timestamp(r.expires_at),
+        })
+    }
+}
+
 /// An `images` row.
 #[derive(sqlx::FromRow)]
 pub struct ImageSql {
@@ -1011,6 +1033,38 @@ macro_rules! queries {
                     return Err(StoreError::new(format!("copying: {c}")));
                 }
             }
+            Ok(())
+        }
+
+        /// Opens a dashboard session (see [`SessionRow`]); drops expired ones on the way, so
+        /// the table holds only live sessions without a sweeper of its own.
+        pub async fn create_session(conn: &mut Conn, s: &SessionRow) -> Result<(), StoreError> {
+            sqlx::query("DELETE FROM ui_sessions WHERE expires_at <= $1").bind(s.created_at.0).execute(&mut *conn).await?;
+            sqlx::query("INSERT INTO ui_sessions (hash, token_hash, created_at, expires_at) VALUES ($1, $2, $3, $4)")
+                .bind(&s.hash[..])
+                .bind(&s.token_hash[..])
+                .bind(s.created_at.0)
+                .bind(s.expires_at.0)
+                .execute(&mut *conn)
+                .await?;
+            Ok(())
+        }
+
+        /// A session by the hash of its secret, if it has not expired at `now`.
+        pub async fn session(conn: &mut Conn, hash: [u8; 32], now: Timestamp) -> Result<Option<SessionRow>, StoreError> {
+            let row = sqlx::query_as::<_, SessionSql>(
+                "SELECT hash, token_hash, created_at, expires_at FROM ui_sessions WHERE hash = $1 AND expires_at > $2",
+            )
+            .bind(&hash[..])
+            .bind(now.0)
+            .fetch_optional(&mut *conn)
+            .await?;
+            row.map(SessionRow::try_from).transpose()
+        }
+
+        /// Ends a session (signing out); ending one that is gone is not an error.
+        pub async fn end_session(conn: &mut Conn, hash: [u8; 32]) -> Result<(), StoreError> {
+            sqlx::query("DELETE FROM ui_sessions WHERE hash = $1").bind(&hash[..]).execute(&mut *conn).await?;
             Ok(())
         }
 

@@ -134,6 +134,22 @@ impl Store for SqliteStore {
         queries::token(&mut *self.pool.acquire().await?, hash).await
     }
 
+    async fn create_session(&self, session: &SessionRow) -> Result<(), StoreError> {
+        queries::create_session(&mut *self.pool.acquire().await?, session).await
+    }
+
+    async fn session(
+        &self,
+        hash: [u8; 32],
+        now: Timestamp,
+    ) -> Result<Option<SessionRow>, StoreError> {
+        queries::session(&mut *self.pool.acquire().await?, hash, now).await
+    }
+
+    async fn end_session(&self, hash: [u8; 32]) -> Result<(), StoreError> {
+        queries::end_session(&mut *self.pool.acquire().await?, hash).await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
