@@ -414,7 +414,7 @@ fn a_corrupted_image_is_refused_and_v1_keeps_running() {
 }
 
 /// An HTTP proxy in front of `server` that passes everything on, one request per connection,
-/// but flips a bit of byte `at` of every whole image file a device downloads: a gateway using
+/// but inverts bytes from `at` on of every image file a device downloads: a gateway using
 /// it serves the device a corrupted image. Returns its URL.
 fn corrupting_proxy(server: &str, at: usize) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -457,13 +457,43 @@ fn relay(mut client: std::net::TcpStream, upstream: &str, at: usize) -> std::io:
     server.write_all(&body)?;
     let mut answer = Vec::new();
     server.read_to_end(&mut answer)?;
-    if head.starts_with("GET /api/v1/device/images/") && answer.starts_with(b"HTTP/1.1 200") {
-        let body = answer.windows(4).position(|w| w == b"\r\n\r\n").map(|end| end + 4);
-        if let Some(byte) = body.and_then(|start| answer.get_mut(start + at)) {
-            *byte ^= 0x10;
-        }
+    if head.starts_with("GET /api/v1/device/images/") {
+        corrupt(&mut answer, at);
     }
     client.write_all(&answer)
+}
+
+/// Inverts `CORRUPTED` bytes of the image file from byte `at` in an HTTP answer carrying the
+/// whole file (200) or a part of it (206, after a resume), so that every download is damaged
+/// the same way. A span rather than one bit: one flipped bit in the compressed stream can
+/// land in a back-reference into a run of equal bytes and decode to the same output, which
+/// depends on the build's exact layout.
+fn corrupt(answer: &mut [u8], at: usize) {
+    const CORRUPTED: usize = 64;
+    let Some(start) = answer.windows(4).position(|w| w == b"\r\n\r\n").map(|end| end + 4) else {
+        return;
+    };
+    let head = String::from_utf8_lossy(&answer[..start]).to_ascii_lowercase();
+    let first = if head.starts_with("http/1.1 200") {
+        0
+    } else if head.starts_with("http/1.1 206") {
+        // content-range: bytes FIRST-LAST/LEN
+        match head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-range: bytes "))
+            .and_then(|r| r.split('-').next()?.trim().parse::<usize>().ok())
+        {
+            Some(first) => first,
+            None => return,
+        }
+    } else {
+        return;
+    };
+    for offset in at.max(first)..at + CORRUPTED {
+        if let Some(byte) = answer.get_mut(start + offset - first) {
+            *byte ^= 0xff;
+        }
+    }
 }
 
 /// Lets images into `env` without confirmations upstream (no imager command sets rollout
