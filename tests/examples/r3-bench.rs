@@ -68,7 +68,9 @@ fn options(url: &str, token: &str, env: &str, devices: usize, prefix: &str) -> O
         board: "microbit".parse().expect("a board name"),
         environment: env.parse().expect("an environment name"),
         prefix: prefix.into(),
-        behaviour: Behaviour { fail_ratio: 0.0, power_cut_ratio: 0.0 },
+        // Full images: R3 measures the server's check-ins and downloads as recorded before
+        // patches existed (R4 measures patches).
+        behaviour: Behaviour { delta_ratio: 0.0, ..Behaviour::default() },
         checkin_interval: Duration::from_millis(100),
         max_idle_rounds: 100,
         concurrency: 512,

@@ -22,7 +22,7 @@ fn options(server: &Server, devices: usize, outage_limit: Duration) -> Options {
         board: "microbit".parse().unwrap(),
         environment: "dev".parse().unwrap(),
         prefix: "outage".into(),
-        behaviour: Behaviour { fail_ratio: 0.0, power_cut_ratio: 0.3 },
+        behaviour: Behaviour { power_cut_ratio: 0.3, ..Behaviour::default() },
         checkin_interval: Duration::from_millis(20),
         max_idle_rounds: 50,
         // Few at a time, so that the run is still going when the server is killed mid-way.

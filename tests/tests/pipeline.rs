@@ -88,7 +88,11 @@ async fn pipeline(cuts: f64, backend: Backend) {
     assert_eq!(release["image_id"], v2_id, "prod runs the image test ran");
 
     // 2. v3 is unhealthy: test reverts it, the rollout halts, prod never sees it.
-    test.set_behaviour(Behaviour { fail_ratio: 1.0, power_cut_ratio: cuts });
+    test.set_behaviour(Behaviour {
+        fail_ratio: 1.0,
+        power_cut_ratio: cuts,
+        ..Behaviour::default()
+    });
     ok(Some(&server), &["release", "test", &v3_id]);
     let s = run(&mut test).await;
     assert_eq!(running(&s), BTreeMap::from([(v2_id.clone(), 12)]), "{s:?}");
@@ -104,7 +108,7 @@ async fn pipeline(cuts: f64, backend: Backend) {
     assert_eq!((s.offers, running(&s)), (0, BTreeMap::from([(v2_id.clone(), 60)])));
     let refused = fails(Some(&server), &["promote", &v3_id, "--to", "prod", "--key", &prod_key]);
     assert!(refused.contains("gate_closed") && refused.contains("halted in test"), "{refused}");
-    test.set_behaviour(Behaviour { fail_ratio: 0.0, power_cut_ratio: cuts });
+    test.set_behaviour(Behaviour { power_cut_ratio: cuts, ..Behaviour::default() });
 
     // 3. Rollback of prod to v1: allowed by the security counter, every device goes back.
     ok(Some(&server), &["rollback", "--env", "prod", "--key", &prod_key]);

@@ -390,7 +390,8 @@ fn the_device_backs_off_while_the_server_is_down_and_checks_in_once_it_is_back()
 #[test]
 fn a_corrupted_image_is_refused_and_v1_keeps_running() {
     // The gateway downloads through a proxy that flips one byte of the image's payload.
-    let mut rig = Rig::start(Some(|server| corrupting_proxy(server, 4000)));
+    let mut rig =
+        Rig::start(Some(|server| corrupting_proxy(server, "/api/v1/device/images/", 4000)));
     let v2_id = rig.release_v2();
     let v1_id = rig.v1_id.clone();
     rig.expect(&[
@@ -411,89 +412,6 @@ fn a_corrupted_image_is_refused_and_v1_keeps_running() {
     let failed = failed.unwrap_or_else(|| panic!("no failed event on the server: {device:#}"));
     assert_eq!(failed["image_id"], v2_id.as_str());
     assert!(failed["detail"].as_str().unwrap().contains("corrupt image"), "{failed}");
-}
-
-/// An HTTP proxy in front of `server` that passes everything on, one request per connection,
-/// but inverts bytes from `at` on of every image file a device downloads: a gateway using
-/// it serves the device a corrupted image. Returns its URL.
-fn corrupting_proxy(server: &str, at: usize) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let upstream = server.trim_start_matches("http://").trim_end_matches('/').to_owned();
-    std::thread::spawn(move || {
-        for client in listener.incoming().flatten() {
-            let upstream = upstream.clone();
-            std::thread::spawn(move || relay(client, &upstream, at));
-        }
-    });
-    url
-}
-
-fn relay(mut client: std::net::TcpStream, upstream: &str, at: usize) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut reader = BufReader::new(client.try_clone()?);
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            return Ok(());
-        }
-        if line == "\r\n" {
-            break;
-        }
-        if !line.to_ascii_lowercase().starts_with("connection:") {
-            head.push_str(&line);
-        }
-    }
-    let len = head
-        .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:")?.trim().parse().ok())
-        .unwrap_or(0);
-    let mut body = vec![0; len];
-    reader.read_exact(&mut body)?;
-    let mut server = std::net::TcpStream::connect(upstream)?;
-    server.write_all(head.as_bytes())?;
-    server.write_all(b"Connection: close\r\n\r\n")?;
-    server.write_all(&body)?;
-    let mut answer = Vec::new();
-    server.read_to_end(&mut answer)?;
-    if head.starts_with("GET /api/v1/device/images/") {
-        corrupt(&mut answer, at);
-    }
-    client.write_all(&answer)
-}
-
-/// Inverts `CORRUPTED` bytes of the image file from byte `at` in an HTTP answer carrying the
-/// whole file (200) or a part of it (206, after a resume), so that every download is damaged
-/// the same way. A span rather than one bit: one flipped bit in the compressed stream can
-/// land in a back-reference into a run of equal bytes and decode to the same output, which
-/// depends on the build's exact layout.
-fn corrupt(answer: &mut [u8], at: usize) {
-    const CORRUPTED: usize = 64;
-    let Some(start) = answer.windows(4).position(|w| w == b"\r\n\r\n").map(|end| end + 4) else {
-        return;
-    };
-    let head = String::from_utf8_lossy(&answer[..start]).to_ascii_lowercase();
-    let first = if head.starts_with("http/1.1 200") {
-        0
-    } else if head.starts_with("http/1.1 206") {
-        // content-range: bytes FIRST-LAST/LEN
-        match head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-range: bytes "))
-            .and_then(|r| r.split('-').next()?.trim().parse::<usize>().ok())
-        {
-            Some(first) => first,
-            None => return,
-        }
-    } else {
-        return;
-    };
-    for offset in at.max(first)..at + CORRUPTED {
-        if let Some(byte) = answer.get_mut(start + offset - first) {
-            *byte ^= 0xff;
-        }
-    }
 }
 
 /// Lets images into `env` without confirmations upstream (no imager command sets rollout

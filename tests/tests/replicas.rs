@@ -105,7 +105,7 @@ async fn three_replicas_as_one_through_a_staged_rollout_and_a_lost_replica() {
     let server = Arc::try_unwrap(server).ok().unwrap().into_inner().unwrap();
 
     // v3 is unhealthy: test reverts it, the rollout halts, prod refuses it.
-    test.set_behaviour(Behaviour { fail_ratio: 1.0, power_cut_ratio: 0.0 });
+    test.set_behaviour(Behaviour { fail_ratio: 1.0, ..Behaviour::default() });
     ok(Some(&server), &["release", "test", &v3_id]);
     let s = test.run().await.unwrap();
     assert_eq!(s.running, BTreeMap::from([(v2_id.clone(), 10)]), "{s:?}");

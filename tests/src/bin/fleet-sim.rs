@@ -15,9 +15,12 @@ use tests::fleet::{Fleet, Options};
 /// Simulate a fleet of devices against an ota-server: each enrolls (or takes its enrollment
 /// over), starts on the factory image, then checks in, downloads offers with Range, installs
 /// them with the real update agent, resets into the real boot logic and confirms — or, for the
-/// unhealthy share, lets the boot logic revert. Devices ride out a server outage (backing off
-/// and retrying) up to --outage-limit. Stops when no device has work left and prints a
-/// summary. Exit status 1 if any device is bricked, the firmware did something it must never
+/// unhealthy share, lets the boot logic revert. Devices announce delta support (see
+/// --delta-ratio) and install an image offered as a patch with the agent's own patch code,
+/// resumed with Range after a power cut like an image; a patch that fails is reported and the
+/// image then comes whole. Devices ride out a server outage (backing off and retrying) up to
+/// --outage-limit. Stops when no device has work left and prints a summary (bytes downloaded
+/// per transport, image and patch). Exit status 1 if any device is bricked, the firmware did something it must never
 /// do, or a device could not talk to the server.
 #[derive(Debug, Parser)]
 #[command(name = "fleet-sim", version)]
@@ -53,6 +56,10 @@ struct Cli {
     /// and revert.
     #[arg(long, default_value_t = 0.0)]
     power_cut_ratio: f64,
+    /// Share of devices (0..1, a stable choice) that announce delta support in their check-in,
+    /// so the server may offer them patches (docs/delta.md); 0: every device takes full images.
+    #[arg(long, default_value_t = 1.0)]
+    delta_ratio: f64,
     /// Pause between rounds in which no device got an offer, in milliseconds.
     #[arg(long, default_value_t = 200)]
     checkin_interval: u64,
@@ -77,8 +84,11 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    for (name, v) in [("--fail-ratio", cli.fail_ratio), ("--power-cut-ratio", cli.power_cut_ratio)]
-    {
+    for (name, v) in [
+        ("--fail-ratio", cli.fail_ratio),
+        ("--power-cut-ratio", cli.power_cut_ratio),
+        ("--delta-ratio", cli.delta_ratio),
+    ] {
         if !(0.0..=1.0).contains(&v) {
             eprintln!("error: {name} must be between 0 and 1, got {v}");
             return ExitCode::from(2);
@@ -128,7 +138,11 @@ async fn run(cli: &Cli) -> Result<tests::fleet::Summary> {
         board: cli.board.clone(),
         environment: cli.environment.clone(),
         prefix: cli.prefix.clone(),
-        behaviour: Behaviour { fail_ratio: cli.fail_ratio, power_cut_ratio: cli.power_cut_ratio },
+        behaviour: Behaviour {
+            fail_ratio: cli.fail_ratio,
+            power_cut_ratio: cli.power_cut_ratio,
+            delta_ratio: cli.delta_ratio,
+        },
         checkin_interval: Duration::from_millis(cli.checkin_interval),
         max_idle_rounds: cli.max_idle_rounds,
         concurrency: cli.concurrency,

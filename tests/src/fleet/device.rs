@@ -8,6 +8,12 @@
 //! (which swaps and boots the new image on trial), then confirm it — or, for an unhealthy
 //! image, reset until the boot logic reverts it. Every step is reported through the device API.
 //!
+//! Devices that take patches (a stable share of the fleet, [`Behaviour::delta_ratio`]) say so in
+//! their check-in (`capabilities: [delta]`); an offer that comes as a patch goes through the
+//! agent's `begin_patch` (slot B rebuilt from slot A plus the patch, the same checks as an
+//! image, resumed the same way). A patch that fails (refused against slot A, damaged) is
+//! reported as `failed` with transport `patch`: the server then offers the image whole.
+//!
 //! Like a device in the field, it rides out a server outage: each request that fails
 //! transiently is retried with backoff ([`super::retry`]); a download resumes from the agent's
 //! checkpoint with `Range`.
@@ -23,7 +29,7 @@ use firmware::sim::{Cut, CutKind, Rng};
 use firmware::state::{FailReason, ImageTag, OutcomeKind, RevertReason};
 use firmware::update::{Agent, AgentConfig, UpdateError};
 use ota_proto::client::MAX_RESPONSE;
-use ota_proto::{CheckIn, DeviceId, EventKind, NewEvent, Offer};
+use ota_proto::{Capability, CheckIn, DeviceId, EventKind, NewEvent, Offer, Transport};
 use sha2::{Digest, Sha256};
 
 use super::retry::{Outage, Retrying};
@@ -40,6 +46,16 @@ pub struct Behaviour {
     /// Probability that power is cut at a random flash operation of each download, swap and
     /// revert.
     pub power_cut_ratio: f64,
+    /// Share of devices (a stable choice) that announce delta support and so may be offered
+    /// patches: 1 (the default) for every device, 0 for none.
+    pub delta_ratio: f64,
+}
+
+impl Default for Behaviour {
+    /// Healthy devices, no power cuts, every device takes patches.
+    fn default() -> Self {
+        Behaviour { fail_ratio: 0.0, power_cut_ratio: 0.0, delta_ratio: 1.0 }
+    }
 }
 
 /// The phases power may be cut in.
@@ -77,10 +93,19 @@ pub struct Tally {
     pub reverted: u64,
     /// Offers refused or failed (the agent's refusal, a bad download).
     pub failed: u64,
+    /// Offers that came as patches.
+    pub patches: u64,
+    /// Patches refused or failed (reported with transport `patch`: the image comes whole next).
+    pub patches_failed: u64,
     /// Power cuts survived, per phase (download, swap, revert).
     pub power_cuts: [u64; 3],
-    /// Bytes of image downloaded.
+    /// Bytes downloaded, whatever the transport.
     pub downloaded: u64,
+    /// Of them, bytes of patches.
+    pub downloaded_patch: u64,
+    /// Downloads continued after a reset from where the agent's checkpoint says (a `Range`
+    /// request from a non-zero offset), images and patches.
+    pub resumed: [u64; 2],
     /// Whether the device can no longer boot (must never happen).
     pub bricked: bool,
     /// Things the firmware must never do (a healthy image reverted, a flash rule broken, an
@@ -112,8 +137,14 @@ enum Downloaded {
     Pending,
     /// A power cut reset the device after the last write: it swapped and runs it on trial.
     Booted(Booted),
-    /// The agent refused the offer or the image failed its checks.
-    Refused(String),
+    /// The agent refused the offer or the image failed its checks; `patch` if it was a patch
+    /// that failed (not the release or the image), so the image may come whole.
+    Refused {
+        /// What the agent said.
+        reason: String,
+        /// Whether the patch failed rather than the image.
+        patch: bool,
+    },
     /// The device cannot boot.
     Bricked,
 }
@@ -133,17 +164,50 @@ pub struct SimulatedDevice {
     pub tally: Tally,
     /// The last image this device reverted or refused.
     pub last_failed: Option<ImageId>,
+    /// For its next check-in only, the image it says slot A holds instead of the truth: how a
+    /// test makes the server believe slot A holds what it does not (as after a revert the
+    /// server has not heard of), so that the patch offered does not fit.
+    pub stale_running: Option<ImageId>,
     spans: Arc<Spans>,
+}
+
+/// Whether `device` is among a stable `ratio` of the devices, the choice drawn by `salt`.
+fn chosen(device: &DeviceId, salt: &[u8], ratio: f64) -> bool {
+    let mut h = Sha256::new();
+    h.update(device.as_bytes());
+    h.update(salt);
+    let d: [u8; 32] = h.finalize().into();
+    let x = u64::from_be_bytes(d[..8].try_into().unwrap_or_default());
+    (x as f64 / u64::MAX as f64) < ratio
 }
 
 /// Whether `device` finds `image` unhealthy: a stable choice of `ratio` of the devices.
 pub fn unhealthy(device: &DeviceId, image: ImageId, ratio: f64) -> bool {
-    let mut h = Sha256::new();
-    h.update(device.as_bytes());
-    h.update(image.0);
-    let d: [u8; 32] = h.finalize().into();
-    let x = u64::from_be_bytes(d[..8].try_into().unwrap_or_default());
-    (x as f64 / u64::MAX as f64) < ratio
+    chosen(device, &image.0, ratio)
+}
+
+/// Whether `device` takes patches: a stable choice of `ratio` of the devices (1: all).
+pub fn takes_patches(device: &DeviceId, ratio: f64) -> bool {
+    ratio >= 1.0 || chosen(device, b"delta", ratio)
+}
+
+/// Whether `error`, met installing a patch, is the patch's fault (refused against slot A,
+/// damaged, a header or body that does not check) rather than the release's or this device's
+/// (which the image whole would meet just the same).
+fn patch_at_fault(error: &UpdateError) -> bool {
+    use firmware::update::Refusal;
+    !matches!(
+        error,
+        UpdateError::Refused(
+            Refusal::Release(_)
+                | Refusal::Busy
+                | Refusal::Rollback { .. }
+                | Refusal::WrongBoard { .. }
+                | Refusal::TooLarge(_)
+                | Refusal::NoRoomInSlotB { .. }
+        ) | UpdateError::Flash(_)
+            | UpdateError::State(_)
+    )
 }
 
 fn short(id: &ImageId) -> String {
@@ -170,6 +234,7 @@ impl SimulatedDevice {
             rng: Rng::new(seed),
             tally: Tally::default(),
             last_failed: None,
+            stale_running: None,
             spans,
         }
     }
@@ -251,14 +316,22 @@ impl SimulatedDevice {
         None
     }
 
-    /// What the device reports at check-in, all read from flash.
-    fn report(&mut self) -> CheckIn {
-        match self.device.status() {
+    /// What the device reports at check-in, all read from flash (unless a test made it report
+    /// a stale image: [`Self::stale_running`]), and whether it takes patches.
+    fn report(&mut self, delta: bool) -> CheckIn {
+        let mut report = match self.device.status() {
             Ok(status) => CheckIn::from_status(&status),
             Err(_) => {
                 CheckIn { last_outcome: Some("state log unreadable".into()), ..CheckIn::default() }
             }
+        };
+        if let Some(stale) = self.stale_running.take() {
+            report.image_id = Some(stale);
         }
+        if delta {
+            report.capabilities = vec![Capability::Delta];
+        }
+        report
     }
 
     async fn event(
@@ -267,15 +340,26 @@ impl SimulatedDevice {
         kind: EventKind,
         detail: Option<String>,
     ) -> Result<()> {
-        let body = &NewEvent { image_id: image, kind, detail, transport: None };
+        self.event_about(image, kind, detail, None).await
+    }
+
+    /// Reports a step about a download in form `transport`.
+    async fn event_about(
+        &mut self,
+        image: ImageId,
+        kind: EventKind,
+        detail: Option<String>,
+        transport: Option<Transport>,
+    ) -> Result<()> {
+        let body = &NewEvent { image_id: image, kind, detail, transport };
         let what = format!("event {}", kind.as_str());
         self.server
             .call(&mut self.tally.retries, &what, |c| async move { c.event(body).await })
             .await
     }
 
-    async fn checkin(&mut self) -> Result<Option<Offer>> {
-        let report = &self.report();
+    async fn checkin(&mut self, behaviour: Behaviour) -> Result<Option<Offer>> {
+        let report = &self.report(takes_patches(&self.id, behaviour.delta_ratio));
         self.tally.checkins += 1;
         let answer = self
             .server
@@ -315,14 +399,29 @@ impl SimulatedDevice {
         {
             return self.settle_trial(image, behaviour).await;
         }
-        let Some(offer) = self.checkin().await? else { return Ok(Step::Idle) };
+        let Some(offer) = self.checkin(behaviour).await? else { return Ok(Step::Idle) };
         self.tally.offers += 1;
         let image = offer.image_id;
-        self.event(image, EventKind::Downloading, None).await?;
+        let detail = match (offer.transport, offer.source) {
+            (Transport::Patch, Some(source)) => {
+                self.tally.patches += 1;
+                format!("patch from {}, {} bytes", short(&source), offer.size)
+            }
+            (transport, _) => format!("{transport}, {} bytes", offer.size),
+        };
+        self.event_about(image, EventKind::Downloading, Some(detail), Some(offer.transport))
+            .await?;
 
         // Download into slot B, resuming from the agent's checkpoint after each power cut.
         let booted = match self.download(&offer, behaviour).await? {
-            Downloaded::Refused(refusal) => {
+            // The patch failed, not the image: reported as such, the image comes whole next.
+            Downloaded::Refused { reason, patch: true } => {
+                self.tally.patches_failed += 1;
+                let detail = Some(format!("patch: {reason}"));
+                self.event_about(image, EventKind::Failed, detail, Some(Transport::Patch)).await?;
+                return Ok(Step::Updated);
+            }
+            Downloaded::Refused { reason: refusal, patch: false } => {
                 self.tally.failed += 1;
                 self.last_failed = Some(image);
                 self.event(image, EventKind::Failed, Some(refusal)).await?;
@@ -399,14 +498,15 @@ impl SimulatedDevice {
         Ok(Step::Updated)
     }
 
-    /// Streams the offered image into the agent, resuming after power cuts.
+    /// Streams the offered image (or patch) into the agent, resuming after power cuts.
     async fn download(&mut self, offer: &Offer, behaviour: Behaviour) -> Result<Downloaded> {
+        let mut offer = offer.clone();
         let mut cut = false;
         for _attempt in 0..64 {
             // One cut per download at most: the attempts after it resume.
             let ratio = if cut { 0.0 } else { behaviour.power_cut_ratio };
             let started = self.maybe_cut(ratio, Phase::Download);
-            let once = self.download_once(&offer.url, &offer.release.0).await;
+            let once = self.download_once(&offer).await;
             // Talking to the server failed for good: no power cut stays scheduled.
             let once = once.inspect_err(|_| self.device.flash.cut(None))?;
             match once {
@@ -429,28 +529,32 @@ impl SimulatedDevice {
                         Some(booted) if booted.trial => return Ok(Downloaded::Booted(booted)),
                         Some(_) => {}
                     }
-                    match self.checkin().await? {
-                        Some(again) if again.image_id == offer.image_id => {}
+                    // The same image again, in the form the server now offers it (the agent
+                    // resumes a download only in the form it started in).
+                    match self.checkin(behaviour).await? {
+                        Some(again) if again.image_id == offer.image_id => offer = again,
                         other => {
                             let now = other.map_or("nothing".to_owned(), |o| short(&o.image_id));
-                            return Ok(Downloaded::Refused(format!(
+                            let reason = format!(
                                 "after a reset the server offers {now}, not {}",
                                 short(&offer.image_id)
-                            )));
+                            );
+                            return Ok(Downloaded::Refused { reason, patch: false });
                         }
                     }
                 }
-                Err(e) => return Ok(Downloaded::Refused(e.to_string())),
+                Err(e) => {
+                    let patch = offer.transport == Transport::Patch && patch_at_fault(&e);
+                    return Ok(Downloaded::Refused { reason: e.to_string(), patch });
+                }
             }
         }
         Err(anyhow!("download did not finish after 64 power cuts"))
     }
 
-    async fn download_once(
-        &mut self,
-        url: &str,
-        release: &[u8],
-    ) -> Result<Result<(), UpdateError>> {
+    /// One attempt at `offer`: the agent takes it up (from its checkpoint, if a reset cut the
+    /// same download short), the rest is fetched with `Range` and fed in chunks.
+    async fn download_once(&mut self, offer: &Offer) -> Result<Result<(), UpdateError>> {
         let config = AgentConfig {
             board: &self.device.identity.board,
             build_keys: &self.device.identity.build_keys,
@@ -464,14 +568,22 @@ impl SimulatedDevice {
             Ok(a) => a,
             Err(e) => return Ok(Err(e)),
         };
-        let started = match agent.begin(flash, release) {
+        let release = &offer.release.0;
+        let begun = match offer.transport {
+            Transport::Image => agent.begin(flash, release),
+            Transport::Patch => agent.begin_patch(flash, release),
+        };
+        let started = match begun {
             Ok(s) => s,
             Err(e) => return Ok(Err(e)),
         };
         // From the agent's checkpoint (a `Range` request when not 0); retried from there if
         // the server goes away.
         let from = u64::from(started.resume_from);
-        let what = format!("download from byte {from}");
+        if from > 0 {
+            self.tally.resumed[usize::from(offer.transport == Transport::Patch)] += 1;
+        }
+        let (url, what) = (&offer.url, format!("download from byte {from}"));
         let body = self
             .server
             .call(&mut self.tally.retries, &what, |c| async move {
@@ -479,6 +591,9 @@ impl SimulatedDevice {
             })
             .await?;
         self.tally.downloaded += body.len() as u64;
+        if offer.transport == Transport::Patch {
+            self.tally.downloaded_patch += body.len() as u64;
+        }
         let mut rest = &body[..];
         while !rest.is_empty() {
             let n = (1 + self.rng.below(4096) as usize).min(rest.len());

@@ -3,7 +3,8 @@
 //! A [`Fleet`] enrolls its devices (or takes their enrollment over with a fresh token),
 //! provisions each with a factory image, then [`Fleet::run`]s rounds: in each round every
 //! device checks in once, and those offered an image update (download, reset, confirm or
-//! revert), many at a time on tokio tasks. It stops when a round had no offer and no rollout
+//! revert), many at a time on tokio tasks. Devices that announce delta support take images
+//! offered as patches ([`device`]). It stops when a round had no offer and no rollout
 //! for its environment and board is still rolling — or after `max_idle_rounds` rounds without
 //! an offer, if one is (a stage waiting on devices that are not there).
 //!
@@ -88,6 +89,10 @@ pub struct Summary {
     pub reverted: u64,
     /// Offers refused or failed.
     pub failed: u64,
+    /// Offers that came as patches.
+    pub patches: u64,
+    /// Patches refused or failed (reported; the image came whole next).
+    pub patches_failed: u64,
     /// Devices that can no longer boot.
     pub bricked: u64,
     /// Power cuts survived, all phases.
@@ -107,8 +112,16 @@ pub struct Summary {
     pub checkins: u64,
     /// Offers received.
     pub offers: u64,
-    /// Image bytes downloaded.
+    /// Bytes downloaded, both transports.
     pub downloaded_bytes: u64,
+    /// Of them, bytes of image files.
+    pub downloaded_image_bytes: u64,
+    /// Of them, bytes of patches.
+    pub downloaded_patch_bytes: u64,
+    /// Image downloads continued after a reset from the agent's checkpoint (not from 0).
+    pub resumed_images: u64,
+    /// Patch downloads continued after a reset from the agent's checkpoint (not from 0).
+    pub resumed_patches: u64,
     /// Rounds run.
     pub rounds: u32,
     /// Wall time, seconds.
@@ -135,16 +148,25 @@ impl Summary {
             out.push_str(&format!("  error: {e}\n"));
         }
         out.push_str(&format!(
-            "  confirmed {}, reverted {}, failed {}, bricked {}\n  {} check-ins, {} offers, {} bytes downloaded, {} power cuts survived, {} requests retried\n",
+            "  confirmed {}, reverted {}, failed {}, bricked {}\n  {} check-ins, {} offers ({} as patches, {} patches failed), {} power cuts survived, {} requests retried\n",
             self.confirmed,
             self.reverted,
             self.failed,
             self.bricked,
             self.checkins,
             self.offers,
-            self.downloaded_bytes,
+            self.patches,
+            self.patches_failed,
             self.power_cuts,
             self.retries
+        ));
+        out.push_str(&format!(
+            "  {} bytes downloaded: {} of images, {} of patches; resumed after a reset: {} image and {} patch downloads\n",
+            self.downloaded_bytes,
+            self.downloaded_image_bytes,
+            self.downloaded_patch_bytes,
+            self.resumed_images,
+            self.resumed_patches,
         ));
         if self.power_cuts > 0 {
             let phases: Vec<String> =
@@ -308,6 +330,8 @@ impl Fleet {
             summary.confirmed += t.confirmed - before.confirmed;
             summary.reverted += t.reverted - before.reverted;
             summary.failed += t.failed - before.failed;
+            summary.patches += t.patches - before.patches;
+            summary.patches_failed += t.patches_failed - before.patches_failed;
             for (i, phase) in phases.iter().enumerate() {
                 let n = t.power_cuts[i] - before.power_cuts[i];
                 summary.power_cuts += n;
@@ -316,6 +340,11 @@ impl Fleet {
             summary.checkins += t.checkins - before.checkins;
             summary.offers += t.offers - before.offers;
             summary.downloaded_bytes += t.downloaded - before.downloaded;
+            let patch = t.downloaded_patch - before.downloaded_patch;
+            summary.downloaded_patch_bytes += patch;
+            summary.downloaded_image_bytes += t.downloaded - before.downloaded - patch;
+            summary.resumed_images += t.resumed[0] - before.resumed[0];
+            summary.resumed_patches += t.resumed[1] - before.resumed[1];
             summary.retries += t.retries - before.retries;
             summary.bricked += u64::from(t.bricked);
             summary.anomalies.extend(t.anomalies[before.anomalies.len()..].iter().cloned());
@@ -334,9 +363,11 @@ impl Fleet {
 
     /// Prints what a round did and where the rollout stands.
     async fn print_round(&mut self, round: u32, before: &[Tally]) -> Result<()> {
-        let (mut offers, mut confirmed, mut reverted, mut failed, mut cuts) = (0, 0, 0, 0, 0);
+        let (mut offers, mut patches, mut confirmed, mut reverted, mut failed, mut cuts) =
+            (0, 0, 0, 0, 0, 0);
         for (dev, b) in self.devices.iter().zip(before) {
             offers += dev.tally.offers - b.offers;
+            patches += dev.tally.patches - b.patches;
             confirmed += dev.tally.confirmed - b.confirmed;
             reverted += dev.tally.reverted - b.reverted;
             failed += dev.tally.failed - b.failed;
@@ -361,8 +392,8 @@ impl Fleet {
             },
         );
         eprintln!(
-            "round {round}: {offers} offered, {confirmed} confirmed, {reverted} reverted, {failed} \
-             failed, {cuts} power cuts; {rollout}"
+            "round {round}: {offers} offered ({patches} as patches), {confirmed} confirmed, \
+             {reverted} reverted, {failed} failed, {cuts} power cuts; {rollout}"
         );
         Ok(())
     }

@@ -330,7 +330,10 @@ pub fn fleet_options(
         board: "microbit".parse().unwrap(),
         environment: env.parse().unwrap(),
         prefix: prefix.into(),
-        behaviour: tests::fleet::device::Behaviour { fail_ratio: 0.0, power_cut_ratio: cuts },
+        behaviour: tests::fleet::device::Behaviour {
+            power_cut_ratio: cuts,
+            ..tests::fleet::device::Behaviour::default()
+        },
         checkin_interval: Duration::from_millis(20),
         max_idle_rounds: 50,
         concurrency: 64,
@@ -441,10 +444,22 @@ pub fn fuse_files(
     version: &str,
     extra: &[&str],
 ) -> (String, String) {
+    let app = app.to_str().unwrap();
+    fuse_os(dir, key, os, version, &[&["--app", app], extra].concat())
+}
+
+/// Fuses `os` (an ELF file, alone unless `extra` adds an app) for the micro:bit as `version`,
+/// signed with `key`, with `extra` fuse arguments; returns the file and its image id.
+pub fn fuse_os(
+    dir: &TempDir,
+    key: &str,
+    os: &Path,
+    version: &str,
+    extra: &[&str],
+) -> (String, String) {
     let out = path(dir, &format!("microbit-{version}.fwi"));
-    let (os, app) = (os.to_str().unwrap(), app.to_str().unwrap());
-    let mut args =
-        vec!["fuse", "--board", "microbit", "--os", os, "--app", app, "--version", version];
+    let os = os.to_str().unwrap();
+    let mut args = vec!["fuse", "--board", "microbit", "--os", os, "--version", version];
     args.extend_from_slice(extra);
     args.extend_from_slice(&["--key", key, "--out", &out]);
     ok(None, &args);
@@ -474,4 +489,93 @@ pub fn objcopy_binary(file: &str, format: &str, erased: u8) -> Vec<u8> {
         .expect("arm-none-eabi-objcopy is needed (Debian: binutils-arm-none-eabi)");
     assert!(status.success(), "objcopy of {file}");
     std::fs::read(&out).unwrap()
+}
+
+/// An HTTP proxy in front of `server` that passes everything on, one request per connection,
+/// but inverts bytes from `at` on of every file downloaded from under `path` (the device API's
+/// `/api/v1/device/images/` or `/api/v1/device/patches/`): a device (or gateway) using it gets
+/// a damaged image or patch. Returns its URL.
+pub fn corrupting_proxy(server: &str, path: &'static str, at: usize) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let upstream = server.trim_start_matches("http://").trim_end_matches('/').to_owned();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let upstream = upstream.clone();
+            std::thread::spawn(move || relay(client, &upstream, path, at));
+        }
+    });
+    url
+}
+
+fn relay(
+    mut client: std::net::TcpStream,
+    upstream: &str,
+    path: &str,
+    at: usize,
+) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let mut reader = BufReader::new(client.try_clone()?);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        if line == "\r\n" {
+            break;
+        }
+        if !line.to_ascii_lowercase().starts_with("connection:") {
+            head.push_str(&line);
+        }
+    }
+    let len = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:")?.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body)?;
+    let mut server = std::net::TcpStream::connect(upstream)?;
+    server.write_all(head.as_bytes())?;
+    server.write_all(b"Connection: close\r\n\r\n")?;
+    server.write_all(&body)?;
+    let mut answer = Vec::new();
+    server.read_to_end(&mut answer)?;
+    if head.strip_prefix("GET ").is_some_and(|rest| rest.starts_with(path)) {
+        corrupt(&mut answer, at);
+    }
+    client.write_all(&answer)
+}
+
+/// Inverts `CORRUPTED` bytes of the file from byte `at` in an HTTP answer carrying the
+/// whole file (200) or a part of it (206, after a resume), so that every download is damaged
+/// the same way. A span rather than one bit: one flipped bit in the compressed stream can
+/// land in a back-reference into a run of equal bytes and decode to the same output, which
+/// depends on the build's exact layout.
+fn corrupt(answer: &mut [u8], at: usize) {
+    const CORRUPTED: usize = 64;
+    let Some(start) = answer.windows(4).position(|w| w == b"\r\n\r\n").map(|end| end + 4) else {
+        return;
+    };
+    let head = String::from_utf8_lossy(&answer[..start]).to_ascii_lowercase();
+    let first = if head.starts_with("http/1.1 200") {
+        0
+    } else if head.starts_with("http/1.1 206") {
+        // content-range: bytes FIRST-LAST/LEN
+        match head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-range: bytes "))
+            .and_then(|r| r.split('-').next()?.trim().parse::<usize>().ok())
+        {
+            Some(first) => first,
+            None => return,
+        }
+    } else {
+        return;
+    };
+    for offset in at.max(first)..at + CORRUPTED {
+        if let Some(byte) = answer.get_mut(start + offset - first) {
+            *byte ^= 0xff;
+        }
+    }
 }
