@@ -82,27 +82,34 @@ commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 [ -z "$(git status --porcelain 2>/dev/null)" ] || commit="$commit-dirty"
 export FWI_BENCH_QUICK=${quick:-0}
 
+# The full run measures release builds. The quick run checks that each benchmark completes
+# and records well-formed figures, so it runs in the dev profile and reuses what the tests built
+# (a release build of the workspace would double CI's compile time); its times mean nothing.
+if [ -n "$quick" ]; then profile=(--quiet); else profile=(--quiet --release); fi
+
 # run_benchmark NAME: the benchmark's command, at full size or, with --quick, at a size that
 # takes seconds. Its figures go to $FWI_BENCH_FIGURES.
 run_benchmark() {
     case "$1" in
-        fuse) cargo run --quiet --release -p imager --example fuse-bench ;;
-        flash-cost) cargo run --quiet --release -p firmware --example flash-cost ;;
-        power-cut) cargo run --quiet --release -p firmware --example power-cut -- ${quick:+--board microbit} ;;
-        power-cut-delta) cargo run --quiet --release -p firmware --example power-cut -- --delta ${quick:+--board microbit} ;;
+        fuse) cargo run "${profile[@]}" -p imager --example fuse-bench ;;
+        flash-cost) cargo run "${profile[@]}" -p firmware --example flash-cost ;;
+        power-cut) cargo run "${profile[@]}" -p firmware --example power-cut -- ${quick:+--board microbit} ;;
+        power-cut-delta) cargo run "${profile[@]}" -p firmware --example power-cut -- --delta ${quick:+--board microbit} ;;
         r2)
-            cargo build --quiet --release -p ota-server
+            cargo build "${profile[@]}" -p ota-server
             if [ -n "$quick" ]; then
                 R2_DEVICES=2000 R2_ROUNDS=1 R2_SECS=1 R2_DL_SECS=1 R2_CONNS=16 R2_DL_CONNS=8 \
-                    cargo run --quiet --release -p ota-server --example r2-bench
+                    cargo run "${profile[@]}" -p ota-server --example r2-bench
             else
-                cargo run --quiet --release -p ota-server --example r2-bench
+                cargo run "${profile[@]}" -p ota-server --example r2-bench
             fi ;;
         r3)
-            cargo build --quiet --release -p imager -p ota-server
-            cargo run --quiet --release -p tests --example r3-bench -- ${quick:+100 400} ;;
-        r4) cargo run --quiet --release -p imager --example r4-delta ;;
-        boot) cargo run --quiet --release -p tests --example boot-bench ;;
+            cargo build "${profile[@]}" -p imager -p ota-server
+            cargo run "${profile[@]}" -p tests --example r3-bench -- ${quick:+100 400} ;;
+        r4) cargo run "${profile[@]}" -p imager --example r4-delta ;;
+        boot)
+            cargo build "${profile[@]}" -p imager
+            cargo run "${profile[@]}" -p tests --example boot-bench ;;
     esac
 }
 
@@ -130,7 +137,7 @@ done
 
 if [ ${#results[@]} -gt 0 ]; then
     suffix=${quick:+-quick}
-    if ! cargo run --quiet --release -p benchkit --bin bench-results -- \
+    if ! cargo run "${profile[@]}" -p benchkit --bin bench-results -- \
         --out "$out/results$suffix.json" --summary "$out/summary$suffix.md" \
         --date "$date" --commit "$commit" ${quick:+--quick} "${results[@]}"; then
         failed+=("(the figures recorded)")

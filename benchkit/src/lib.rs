@@ -33,6 +33,28 @@ pub fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown CPU".into())
 }
 
+/// A program of the workspace (`imager`, `ota-server`) built in the same profile as the running
+/// benchmark: next to its `examples/` folder, so `cargo run --release --example ...` uses the
+/// release build and the quick run (`scripts/bench.sh --quick`, in the dev profile) reuses the
+/// binaries the tests already built instead of compiling the workspace a second time.
+pub fn sibling_binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .ok_or_else(|| anyhow::anyhow!("{}: not inside target/PROFILE/examples", exe.display()))?;
+    let path = profile_dir.join(name);
+    if !path.exists() {
+        let profile = profile_dir.file_name().and_then(|n| n.to_str()).unwrap_or("?");
+        let flag = if profile == "release" { " --release" } else { "" };
+        anyhow::bail!(
+            "{} is missing: build it first in the benchmark's profile ({profile}): `cargo build{flag} -p {name}`",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
 /// Whether this is the quick run: each benchmark then measures at a size that takes seconds.
 /// Its figures are well-formed but not meant to be quoted.
 pub fn quick() -> bool {

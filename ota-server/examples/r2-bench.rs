@@ -575,15 +575,7 @@ impl StoreRun {
 
 fn orchestrate() -> Result<()> {
     let exe = std::env::current_exe()?;
-    let release = exe.parent().and_then(Path::parent).ok_or("odd executable path")?;
-    let server_bin = release.join("ota-server");
-    if !server_bin.exists() {
-        return Err(format!(
-            "{} is missing: run `cargo build --release -p ota-server` first",
-            server_bin.display()
-        )
-        .into());
-    }
+    let server_bin = benchkit::sibling_binary("ota-server").map_err(|e| e.to_string())?;
     let backends =
         Backend::list(&std::env::var("R2_STORES").unwrap_or_else(|_| "sqlite,postgres".into()))?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

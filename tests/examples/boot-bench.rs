@@ -56,14 +56,6 @@ fn build_device(features: &str) -> Result<PathBuf> {
     Ok(target.join("thumbv6m-none-eabi/release"))
 }
 
-fn imager() -> Result<PathBuf> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/imager");
-    if !path.exists() {
-        bail!("{} is missing: run `cargo build --release -p imager`", path.display());
-    }
-    Ok(path)
-}
-
 /// Flash bytes of an ELF file (text + data), by `arm-none-eabi-size`'s Berkeley format.
 fn flash_size(elf: &Path) -> Result<u64> {
     let out = Command::new("arm-none-eabi-size")
@@ -85,7 +77,7 @@ fn flash_size(elf: &Path) -> Result<u64> {
 
 /// Boots `image` in QEMU with the measurement `bootloader`; the TIMER0 ticks it reports.
 fn boot_ticks(image: &Path, bootloader: &Path) -> Result<u64> {
-    let mut child = Command::new(imager()?)
+    let mut child = Command::new(benchkit::sibling_binary("imager")?)
         .arg("run")
         .arg(image)
         .arg("--bootloader")
@@ -128,7 +120,7 @@ fn main() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let v1 = dir.path().join("v1.fwi");
     let key = fixture("keys/openssl-ed25519.pem");
-    let out = Command::new(imager()?)
+    let out = Command::new(benchkit::sibling_binary("imager")?)
         .args(["fuse", "--board", "microbit", "--window", "10", "--version", "1.0.0"])
         .arg("--os")
         .arg(shipped.join("demo-os"))

@@ -10,7 +10,7 @@
 //! PROD_DEVICES]`. Its figures (`r3.<deployment>.*`) are recorded through `benchkit`.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -19,16 +19,8 @@ use benchkit::Figure;
 use tests::fleet::device::Behaviour;
 use tests::fleet::{Fleet, Options, Summary};
 
-fn release_bin(name: &str) -> Result<PathBuf> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release").join(name);
-    if !path.exists() {
-        bail!("{} is missing: run `cargo build --release -p imager -p ota-server`", path.display());
-    }
-    Ok(path)
-}
-
 fn imager(args: &[&str], server: Option<(&str, &str)>) -> Result<String> {
-    let mut c = Command::new(release_bin("imager")?);
+    let mut c = Command::new(benchkit::sibling_binary("imager")?);
     c.args(args);
     if let Some((url, token)) = server {
         c.env("IMAGER_SERVER", url).env("IMAGER_TOKEN", token);
@@ -152,7 +144,7 @@ struct Deployment {
 
 /// Starts `deployment`: `sqlite` (one server) or `replicas` (three, on PostgreSQL and Garage).
 fn deploy(deployment: &str, p: &dyn Fn(&str) -> String) -> Result<Deployment> {
-    let server_bin = release_bin("ota-server")?;
+    let server_bin = benchkit::sibling_binary("ota-server")?;
     /// What a deployment is made of, before its servers start.
     struct Shape {
         replicas: usize,

@@ -350,7 +350,8 @@ fn creation_time(root: &Path, work: &Path, missed: &mut Vec<String>) -> Result<(
         println!("  {what:<28} {:>7.3} s, patch {size} B", elapsed.as_secs_f64());
         Figure::new(format!("r4.create-1mib.{figure}"), elapsed.as_secs_f64(), "s").record()?;
         Figure::new(format!("r4.create-1mib.{figure}.patch"), size as f64, "B").record()?;
-        if elapsed.as_secs_f64() > 2.0 {
+        // A time is a target only at full size in the release build, never in the smoke run.
+        if elapsed.as_secs_f64() > 2.0 && !benchkit::quick() {
             missed
                 .push(format!("1 MiB patch creation ({what}) took {:.2} s", elapsed.as_secs_f64()));
         }
