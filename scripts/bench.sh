@@ -18,7 +18,7 @@
 #   r2               check-ins and downloads vs bare hyper and nginx, on SQLite and PostgreSQL
 #   r3               a fleet of 10,000: one server on SQLite, 3 replicas on PostgreSQL + Garage
 #   r4               delta patches vs detools and bsdiff4; R1 with a patch; 1 MiB patch creation
-#   boot             the micro:bit bootloader: size, boot instructions in QEMU, stack
+#   boot             the micro:bit bootloader: size, boot instructions in QEMU; the RAM probe
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/tools.sh

@@ -8,6 +8,8 @@
 //! imager`), `cargo run --release -p tests --example boot-bench`. Needs the thumbv6m-none-eabi
 //! target, qemu-system-arm and arm-none-eabi-size. Its figures (`boot.*`) are recorded through
 //! `benchkit`; they are counts, the same on any machine, so the quick run is the same run.
+//! It also runs the RAM probe (`firmware/device/probe`) and records the stack each boot step
+//! paints and the size of what the device keeps (`ram.*`).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -113,6 +115,81 @@ fn boot_ticks(image: &Path, bootloader: &Path) -> Result<u64> {
     Ok(ticks)
 }
 
+/// Runs the RAM probe (`firmware/device/probe`: painted stack of each boot step, sizes of the
+/// structures the device keeps) on QEMU's micro:bit and records what it measured. Its lines are
+/// the measurement instrument's own report: `LABEL: ok=BOOL ... stack=N B` and `sizes: NAME N B,
+/// ...`.
+fn ram_probe(probe: &Path) -> Result<()> {
+    let mut child = Command::new("qemu-system-arm")
+        .args(["-M", "microbit", "-nographic", "-semihosting-config", "enable=on,target=native"])
+        .arg("-kernel")
+        .arg(probe)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot run qemu-system-arm")?;
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("the RAM probe did not end within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut output = String::new();
+    child.stdout.take().context("stdout")?.read_to_string(&mut output)?;
+    child.stderr.take().context("stderr")?.read_to_string(&mut output)?;
+    if !status.success() {
+        bail!("the RAM probe failed ({status}):\n{output}");
+    }
+    let stacks = [
+        ("signature verify", "ram.verify-stack"),
+        ("boot (state log", "ram.boot-stack"),
+        ("boot without signature check", "ram.boot-hashes-only-stack"),
+        ("patch body decode", "ram.patch-decode-stack"),
+    ];
+    for (label, figure) in stacks {
+        let line = output
+            .lines()
+            .find(|l| l.starts_with(label))
+            .with_context(|| format!("the RAM probe reported no {label:?} line:\n{output}"))?;
+        if line.contains("ok=false") {
+            bail!("the RAM probe's measured step failed: {line}");
+        }
+        let bytes: u64 = line
+            .split_once("stack=")
+            .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+            .with_context(|| format!("no stack=N B in {line:?}"))?;
+        println!("{line}");
+        Figure::new(figure, bytes as f64, "B").record()?;
+    }
+    let structures = [
+        ("StateLog", "state-log"),
+        ("Agent", "agent"),
+        ("BodyDecoder", "body-decoder"),
+        ("Unpacker", "unpacker"),
+        ("Header", "header"),
+    ];
+    for (name, figure) in structures {
+        let bytes: u64 = output
+            .lines()
+            .filter_map(|l| l.strip_prefix("sizes: "))
+            .flat_map(|l| l.split(", "))
+            .find_map(|pair| {
+                pair.strip_prefix(name)?.strip_prefix(' ')?.split(' ').next()?.parse().ok()
+            })
+            .with_context(|| format!("the RAM probe reported no size of {name}:\n{output}"))?;
+        println!("{name}: {bytes} B");
+        Figure::new(format!("ram.size.{figure}"), bytes as f64, "B").record()?;
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let shipped = build_device("")?;
     let verified = build_device("measure")?;
@@ -155,5 +232,6 @@ fn main() -> Result<()> {
         "instructions",
     )
     .record()?;
+    ram_probe(&shipped.join("probe"))?;
     Ok(())
 }
