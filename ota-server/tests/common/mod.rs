@@ -411,6 +411,18 @@ impl Server {
         assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
     }
 
+    /// Reports `kinds` in turn for `image_id` (a device's update history).
+    pub fn steps(&self, device_token: &str, image_id: &str, kinds: &[&str]) {
+        for kind in kinds {
+            self.event(device_token, image_id, kind);
+        }
+    }
+
+    /// Reports a whole update of `image_id`: downloading, installed, booted, confirmed.
+    pub fn confirm(&self, device_token: &str, image_id: &str) {
+        self.steps(device_token, image_id, &["downloading", "installed", "booted", "confirmed"]);
+    }
+
     pub fn audit_len(&self) -> usize {
         self.get("/api/v1/audit?limit=1000", &self.admin).json().as_array().unwrap().len()
     }
