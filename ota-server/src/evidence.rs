@@ -9,18 +9,27 @@
 //! when
 //! - X's board is D's board,
 //! - X was released to D's environment (for D's board), and, while that release is the
-//!   current one, D is in a stage it has reached (it could have been offered X),
+//!   current one, D is in a stage it has reached (it could have been offered X) or D's last
+//!   step was already about X (the attempt began while it was offered; stages may have moved
+//!   since, as the fleet grew),
 //! - it follows D's own last step: `downloading` starts an attempt at any time; `installed`
-//!   follows `downloading` (or repeats); `booted` follows `installed`; `confirmed` follows
-//!   `booted`; `reverted` follows `installed` or `booted`; `failed` may end any attempt. Each
-//!   may repeat (a device resends a report it is not sure arrived).
+//!   follows `downloading`; `booted` follows `installed` or `downloading` (a power cut may
+//!   land the update before the `installed` report went out); `confirmed` follows `booted`;
+//!   `reverted` follows `installed`, `booted` or `failed` (a self-test that failed, then the
+//!   boot logic went back); `failed` may end any attempt. Each may repeat (a device resends
+//!   a report it is not sure arrived).
+//!
+//! A report of an outcome (`confirmed`, `reverted`, `failed`) the server already recorded for
+//! D and X is a repeat too, even after other steps (a device says a revert again at each boot
+//! until its next update): answered as received, but neither recorded nor applied again.
 //!
 //! A check-in's claim that D runs X (on trial or confirmed) is consistent when X is unknown
 //! to the server (a factory image never uploaded: it counts for nothing), or X has D's board
 //! and D already claimed X, or D's last step was booting or confirming X, or D has no history
-//! yet (its factory image), or D's last step was reverting or refusing another image (it runs
-//! what it ran before). A check-in counts for the promotion gate only through the event
-//! history: a claim adds a confirmation only after D booted X.
+//! yet (its factory image, whatever it says), or D's last step was reverting or refusing
+//! another image (it runs what it ran before). A check-in counts for the promotion gate only
+//! through the event history: a claim adds a confirmation only after D booted X, or while D
+//! has no history at all (its factory image, confirmed as it left the factory).
 
 use std::fmt;
 
@@ -96,7 +105,8 @@ impl fmt::Display for Anomaly {
 }
 
 /// Whether device `d` could have been offered `image`: same board, released to its
-/// environment, and (for the current release) a stage that includes the device.
+/// environment, and (for the current release) a stage that includes the device, unless its
+/// attempt at `image` is under way.
 fn offerable(fleet: &Fleet, d: usize, image: ImageId) -> Result<(), Anomaly> {
     let device = &fleet.devices[d];
     let Some(row) = fleet.images.get(&image) else {
@@ -115,8 +125,10 @@ fn offerable(fleet: &Fleet, d: usize, image: ImageId) -> Result<(), Anomaly> {
     if !releases.iter().any(|r| r.row.image_id == image && r.row.board == board) {
         return Err(Anomaly::NotReleased { environment: env.to_owned() });
     }
+    let under_way = device.last_event.is_some_and(|(i, _)| i == image);
     if let Some(current) = fleet.current(env, board)
         && current.row.image_id == image
+        && !under_way
         && !releases
             .iter()
             .any(|r| r.row.image_id == image && r.row.sequence < current.row.sequence)
@@ -137,9 +149,9 @@ fn follows(after: Option<(ImageId, EventKind)>, image: ImageId, kind: EventKind)
     match kind {
         Downloading | Failed => true,
         Installed => matches!(last, Some(Downloading | Installed)),
-        Booted => matches!(last, Some(Installed | Booted)),
+        Booted => matches!(last, Some(Downloading | Installed | Booted)),
         Confirmed => matches!(last, Some(Booted | Confirmed)),
-        Reverted => matches!(last, Some(Installed | Booted | Reverted)),
+        Reverted => matches!(last, Some(Installed | Booted | Failed | Reverted)),
     }
 }
 
@@ -173,7 +185,7 @@ pub fn check_claim(fleet: &Fleet, d: usize, claim: &Reported) -> Result<(), Anom
     let before = device.row.reported.running;
     let consistent = before == Some(image)
         || match device.last_event {
-            None => before.is_none(),
+            None => true,
             Some((last, kind)) if last == image => {
                 matches!(kind, EventKind::Booted | EventKind::Confirmed)
             }
@@ -182,10 +194,25 @@ pub fn check_claim(fleet: &Fleet, d: usize, claim: &Reported) -> Result<(), Anom
     if consistent { Ok(()) } else { Err(Anomaly::NeverInstalled) }
 }
 
+/// Whether `kind` of `image` is an outcome the server already recorded for device `d`: a
+/// repeat, to be answered as received but not recorded or applied again.
+pub fn already_recorded(fleet: &Fleet, d: usize, image: ImageId, kind: EventKind) -> bool {
+    let Some(o) = fleet.outcomes.get(&image) else { return false };
+    match kind {
+        EventKind::Confirmed => o.confirmed.contains(&d),
+        EventKind::Reverted | EventKind::Failed => o.failed.contains(&d),
+        EventKind::Downloading | EventKind::Installed | EventKind::Booted => false,
+    }
+}
+
 /// Whether a check-in's confirmed claim of `image` counts as a confirmation for the promotion
-/// gate: only after the device reported booting (or confirming) it.
+/// gate: only after the device reported booting (or confirming) it, or from a device that
+/// has reported no update step at all (its factory image, as it left the factory).
 pub fn claim_confirms(last_event: Option<(ImageId, EventKind)>, image: ImageId) -> bool {
-    matches!(last_event, Some((i, EventKind::Booted | EventKind::Confirmed)) if i == image)
+    match last_event {
+        None => true,
+        Some((i, kind)) => i == image && matches!(kind, EventKind::Booted | EventKind::Confirmed),
+    }
 }
 
 #[cfg(test)]
@@ -207,8 +234,13 @@ mod tests {
         assert!(follows(Some((x, Booted)), x, Confirmed));
         assert!(follows(Some((x, Confirmed)), x, Confirmed));
         assert!(follows(Some((x, Installed)), x, Booted));
-        assert!(!follows(Some((x, Downloading)), x, Booted));
+        assert!(follows(Some((x, Downloading)), x, Booted));
+        assert!(!follows(Some((y, Installed)), x, Booted));
+        assert!(!follows(Some((x, Confirmed)), x, Booted));
+        assert!(!follows(Some((x, Booted)), x, Installed));
         assert!(follows(Some((x, Booted)), x, Reverted));
+        assert!(follows(Some((x, Failed)), x, Reverted));
         assert!(!follows(Some((x, Downloading)), x, Reverted));
+        assert!(!follows(Some((y, Failed)), x, Reverted));
     }
 }
