@@ -88,6 +88,11 @@ pub enum AuditAction {
     #[serde(rename = "rollout.halt")]
     #[strum(serialize = "rollout.halt")]
     RolloutHalt,
+    /// A device report that does not count: inconsistent with what the server knows of the
+    /// device (actor `server`; see docs/server-api.md, "Evidence").
+    #[serde(rename = "device.anomaly")]
+    #[strum(serialize = "device.anomaly")]
+    DeviceAnomaly,
 }
 
 /// One audit log entry.

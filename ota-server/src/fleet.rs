@@ -13,11 +13,11 @@ use std::collections::{HashMap, HashSet};
 use ed25519_dalek::SigningKey;
 use firmware::image::TrustedKey;
 
-use crate::rollout;
 use crate::store::{
     BoardName, BuildKeyRow, DeviceId, DeviceRow, EnvironmentName, EnvironmentRow, EventKind,
     ImageId, ImageRow, Mutation, PatchRow, ReleaseRow, RolloutAt, RolloutState, Snapshot, TokenRow,
 };
+use crate::{evidence, rollout};
 
 /// An environment with its keys, ready to verify and sign.
 #[derive(Clone, Debug)]
@@ -148,6 +148,7 @@ impl Fleet {
             outcomes,
             patches,
             patch_failures,
+            last_events,
         } = snapshot;
         let rows = images
             .into_iter()
@@ -162,19 +163,25 @@ impl Fleet {
         for m in rows {
             fleet.apply(&m)?;
         }
+        for (device, image, kind) in last_events {
+            if let Some(&d) = fleet.device_by_id.get(&device) {
+                fleet.devices[d].last_event = Some((image, kind));
+            }
+        }
         for (device, image, kind) in outcomes {
             if let Some(&d) = fleet.device_by_id.get(&device) {
                 fleet.record_outcome(d, image, kind);
             }
         }
-        // A check-in that reported an image confirmed counted like a confirmation while the
-        // server ran; it still does.
+        // A check-in that reported an image confirmed (after the device booted it) counted
+        // like a confirmation while the server ran; it still does.
         let running: Vec<(usize, ImageId)> = fleet
             .devices
             .iter()
             .enumerate()
             .filter(|(_, d)| d.row.reported.confirmed)
             .filter_map(|(i, d)| Some((i, d.running()?)))
+            .filter(|&(i, image)| evidence::claim_confirms(fleet.devices[i].last_event, image))
             .collect();
         for (d, image) in running {
             fleet.record_outcome(d, image, EventKind::Confirmed);
@@ -269,9 +276,11 @@ impl Fleet {
             Mutation::Report { id, reported } => {
                 if let Some(&i) = self.device_by_id.get(id) {
                     self.devices[i].row.reported = reported.clone();
-                    // A check-in that says an image is confirmed counts like a confirmation.
+                    // A check-in that says an image is confirmed counts like a confirmation, once
+                    // the device's own history brought it there.
                     if reported.confirmed
                         && let Some(image) = reported.running
+                        && evidence::claim_confirms(self.devices[i].last_event, image)
                     {
                         self.record_outcome(i, image, EventKind::Confirmed);
                     }

@@ -7,7 +7,7 @@
 //! - [`journal`]: group commit, and the in-memory model kept current in commit order.
 //! - [`blobs`]: the content-addressed folder of image files.
 //! - [`fleet`]: the in-memory model every decision is made on.
-//! - [`images`], [`release`], [`rollout`]: the domain rules, plain functions.
+//! - [`images`], [`release`], [`rollout`], [`evidence`]: the domain rules, plain functions.
 //! - [`service`]: the operations (upload, release, check-in, ...), one file per area.
 //! - [`http`]: the axum routes, thin over [`service`]; authentication as extractors.
 //! - [`config`], [`cli`]: the `ota-server` command line.
@@ -17,6 +17,7 @@ pub mod blobs;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod evidence;
 pub mod fleet;
 pub mod http;
 pub mod images;

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub uploads_refused: AtomicU64,
     /// Device events received.
     pub events: AtomicU64,
+    /// Device reports (events, check-in claims) refused as inconsistent.
+    pub anomalies: AtomicU64,
 }
 
 impl Metrics {
@@ -51,6 +53,11 @@ pub fn render(m: &Metrics, fleet: &Fleet) -> String {
         ("ota_uploads_total", "Images stored.", &m.uploads),
         ("ota_uploads_refused_total", "Image uploads refused.", &m.uploads_refused),
         ("ota_device_events_total", "Device events received.", &m.events),
+        (
+            "ota_device_anomalies_total",
+            "Device reports not counted: inconsistent with what the server knows of the device.",
+            &m.anomalies,
+        ),
     ];
     for (name, help, value) in counters {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");

@@ -85,9 +85,7 @@ fn test_then_staged_prod_then_halt_and_rollback(backend: Backend) {
         let file = server.get(offer["url"].as_str().unwrap(), token);
         assert_eq!(file.status, 200);
         assert_eq!(file.body, v2.bytes);
-        for kind in ["downloading", "installed", "booted", "confirmed"] {
-            server.event(token, &v2_id, kind);
-        }
+        server.confirm(token, &v2_id);
         assert!(server.checkin(token, Some(&v2_id)).is_null());
     }
     let current = &environment(&server, "test")["current"][0];
@@ -162,8 +160,7 @@ fn test_then_staged_prod_then_halt_and_rollback(backend: Backend) {
             .collect();
         assert_eq!(got, expected, "stage {stage}");
         for (id, token) in prod.iter().filter(|(id, _)| got.contains(id)) {
-            server.event(token, &v2_id, "booted");
-            server.event(token, &v2_id, "confirmed");
+            server.confirm(token, &v2_id);
             confirmed.insert(id.clone());
         }
     }
@@ -193,8 +190,7 @@ fn test_then_staged_prod_then_halt_and_rollback(backend: Backend) {
     let seq3 = r.json()["sequence"].as_u64().unwrap();
     for (_, token) in &test[..3] {
         assert_eq!(server.checkin(token, Some(&v2_id))["image_id"], v3_id);
-        server.event(token, &v3_id, "booted");
-        server.event(token, &v3_id, "reverted");
+        server.steps(token, &v3_id, &["downloading", "installed", "booted", "reverted"]);
         // Back on v2, which the next check-in says.
         assert!(server.checkin(token, Some(&v2_id)).is_null());
     }
@@ -413,10 +409,12 @@ fn gate_counts_survive_a_restart(backend: Backend) {
             .status,
         201
     );
-    // One device confirms by event, the other only by checking in with the image confirmed.
+    // One device confirms by event, the other, after booting it, only by checking in with
+    // the image confirmed (its confirmation report was lost).
     let a = server.enroll("qa-a", "test");
     let b = server.enroll("qa-b", "test");
-    server.event(&a, &id, "confirmed");
+    server.confirm(&a, &id);
+    server.steps(&b, &id, &["downloading", "installed", "booted"]);
     assert!(server.checkin(&b, Some(&id)).is_null());
     server.kill9();
     server.launch(&[]);
@@ -484,19 +482,25 @@ fn claims_do_not_open_the_gate_and_empty_fleets_do_not_complete(backend: Backend
     // A test device says it runs v2, confirmed, although v2 was never released to test.
     let qa = server.enroll("qa-1", "test");
     assert!(server.checkin(&qa, Some(&id)).is_null());
-    server.event(&qa, &id, "confirmed");
+    let r = server.post_json(
+        "/api/v1/device/events",
+        &qa,
+        json!({"image_id": id, "kind": "confirmed"}),
+    );
+    assert_eq!((r.status, r.code().as_str()), (409, "inconsistent_event"));
     let statement = sign_release(&id, "prod", 1, &prod_key());
     let promote = json!({"image_id": id, "statement": statement});
     let r = server.post_json("/api/v1/environments/prod/releases", &admin, promote.clone());
     assert_eq!((r.status, r.code().as_str()), (409, "gate_closed"));
-    // Released to test, the same claim is a confirmation after the release: the gate opens.
+    // Released to test, a confirmation after the release that follows the device's own
+    // update history opens the gate.
     assert_eq!(
         server
             .post_json("/api/v1/environments/test/releases", &admin, json!({"image_id": id}))
             .status,
         201
     );
-    server.event(&qa, &id, "confirmed");
+    server.confirm(&qa, &id);
     let r = server.post_json("/api/v1/environments/prod/releases", &admin, promote);
     assert_eq!(r.status, 201, "{}", r.json());
     // Prod has no devices: the rollout waits at its first stage instead of completing.
@@ -518,6 +522,12 @@ fn a_repeated_report_is_recorded_once(backend: Backend) {
     assert_eq!(server.upload(&server.admin, &v1.bytes).status, 201);
     let id = v1.id.to_string();
     let device = server.enroll("d-1", "dev");
+    let r = server.post_json(
+        "/api/v1/environments/dev/releases",
+        &server.admin,
+        json!({"image_id": id}),
+    );
+    assert_eq!(r.status, 201);
     for kind in ["downloading", "downloading", "failed", "failed", "downloading"] {
         server.event(&device, &id, kind);
     }

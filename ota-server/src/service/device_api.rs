@@ -7,6 +7,7 @@ use super::{Service, unknown_image};
 use crate::auth;
 use crate::config::Downloads;
 use crate::error::{Failure, FailureKind, Outcome};
+use crate::evidence;
 use crate::fleet::Fleet;
 use crate::metrics::Metrics;
 use crate::release::short;
@@ -80,13 +81,23 @@ impl Service {
             ));
         }
         let capabilities = std::mem::take(&mut report.capabilities);
-        let reported = Reported {
+        let mut reported = Reported {
             confirmed: report.image_id.is_some() && !report.trial,
             running: report.image_id,
             slot_b: report.slot_b,
             last_outcome: report.last_outcome,
             release_sequence: report.release_sequence,
         };
+        let claim = reported.clone();
+        if let Err(anomaly) =
+            self.check_evidence(device, |f, d| evidence::check_claim(f, d, &claim)).await?
+            && let Some(image) = claim.running
+        {
+            // What it claims to run is not taken; the rest of the report is.
+            let before = self.fleet().devices[device].row.reported.clone();
+            (reported.running, reported.confirmed) = (before.running, before.confirmed);
+            self.record_anomaly(device, image, "check-in", &anomaly).await?;
+        }
         let change = {
             let mut fleet = self.fleet();
             let d = &mut fleet.devices[device];
@@ -170,24 +181,37 @@ impl Service {
                 format!("detail is at most {} bytes", NewEvent::MAX_DETAIL),
             ));
         }
+        // Reports are about images the server stored (and so could have offered).
+        if !self.fleet().images.contains_key(&event.image_id) {
+            return Err(unknown_image(event.image_id));
+        }
         if event.kind == EventKind::Failed && event.transport == Some(Transport::Patch) {
             // The patch failed (refused against slot A, say), not the image: it neither counts
             // against the image nor stops its offer; the image comes whole next time.
-            if !self.fleet().images.contains_key(&event.image_id) {
-                return Err(unknown_image(event.image_id));
-            }
             let m = self.patch_failed(device, event.image_id, event.detail);
             self.journal.commit(vec![m]).await?;
             Metrics::count(&self.metrics.events);
             return Ok(());
         }
+        // They feed rollouts and the promotion gate, when consistent.
+        let (image, kind) = (event.image_id, event.kind);
+        if let Err(anomaly) =
+            self.check_evidence(device, |f, d| evidence::check_event(f, d, image, kind)).await?
+        {
+            if evidence::already_recorded(&self.fleet(), device, image, kind) {
+                // An outcome said again after other steps: received, and counted before.
+                Metrics::count(&self.metrics.events);
+                return Ok(());
+            }
+            self.record_anomaly(device, image, kind.as_str(), &anomaly).await?;
+            return Err(Failure::new(
+                FailureKind::Conflict,
+                "inconsistent_event",
+                format!("{} of image {} not counted: {anomaly}", kind.as_str(), short(image)),
+            ));
+        }
         let m = {
             let fleet = self.fleet();
-            // Reports are about images the server stored (and so could have offered): they
-            // feed the promotion gate.
-            if !fleet.images.contains_key(&event.image_id) {
-                return Err(unknown_image(event.image_id));
-            }
             let d = &fleet.devices[device];
             // The same step again (the device did not hear that it arrived): recorded once,
             // but applied again, which is harmless and may now count (say, a confirmation of

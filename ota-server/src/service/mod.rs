@@ -9,6 +9,7 @@
 //! operations first catch up with every replica's commits ([`Journal::sync`]) and run one at a
 //! time in this process; races between replicas are settled by the store's preconditions.
 
+mod anomalies;
 mod device_api;
 mod device_pages;
 mod devices;
@@ -198,6 +199,11 @@ fn audit(
     })
 }
 
+/// The server itself, as the actor of what it does on its own (rollout moves, anomalies).
+fn server_actor() -> Actor {
+    Actor { name: "server".to_owned(), role: ota_proto::Role::Admin }
+}
+
 /// The audit entry of a move the rollout engine makes: actor `server`.
 fn move_audit(m: &Mutation) -> Option<Mutation> {
     let Mutation::MoveRollout { environment, sequence, from, to, reason } = m else { return None };
@@ -206,7 +212,7 @@ fn move_audit(m: &Mutation) -> Option<Mutation> {
         crate::store::RolloutState::Halted => AuditAction::RolloutHalt,
         _ => AuditAction::RolloutAdvance,
     };
-    let server = Actor { name: "server".to_owned(), role: ota_proto::Role::Admin };
+    let server = server_actor();
     let detail = serde_json::json!({
         "from": {"state": from.state, "stage": from.stage},
         "to": {"state": to.state, "stage": to.stage},

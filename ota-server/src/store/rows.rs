@@ -391,6 +391,9 @@ pub struct Snapshot {
     pub patches: Vec<PatchRow>,
     /// Patches devices failed.
     pub patch_failures: Vec<PatchFailureRow>,
+    /// Each device's last recorded event: the step its next report must follow (see
+    /// [`crate::evidence`]).
+    pub last_events: Vec<(DeviceId, ImageId, EventKind)>,
 }
 
 /// Every row of a store, histories included: what `ota-server copy-store` moves.

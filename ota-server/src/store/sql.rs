@@ -411,6 +411,8 @@ pub const SELECT_TOKENS: &str = "SELECT id, hash, role, name, created_at, revoke
 pub const SELECT_BUILD_KEYS: &str = "SELECT public_key, name FROM build_keys";
 pub const SELECT_OUTCOMES: &str = "SELECT DISTINCT device, image_id, kind FROM events \
     WHERE kind IN ('confirmed', 'reverted', 'failed')";
+pub const SELECT_LAST_EVENTS: &str = "SELECT device, image_id, kind FROM events \
+    WHERE seq IN (SELECT MAX(seq) FROM events GROUP BY device)";
 pub const SELECT_AUDIT: &str = "SELECT seq, at, actor, role, action, target, detail FROM audit";
 pub const SELECT_PATCHES: &str = "SELECT source, target, sha256, size, created_at FROM patches";
 pub const SELECT_PATCH_FAILURES: &str = "SELECT device, image_id, at, detail FROM patch_failures";
@@ -454,6 +456,7 @@ macro_rules! queries {
                 outcomes: all::<OutcomeSql, _>(conn, SELECT_OUTCOMES).await?,
                 patches: all::<PatchSql, _>(conn, SELECT_PATCHES).await?,
                 patch_failures: all::<PatchFailureSql, _>(conn, SELECT_PATCH_FAILURES).await?,
+                last_events: all::<OutcomeSql, _>(conn, SELECT_LAST_EVENTS).await?,
             })
         }
 

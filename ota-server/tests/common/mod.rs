@@ -411,6 +411,44 @@ impl Server {
         assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
     }
 
+    /// Releases `image_id` to prod with a statement signed by prod's key (sequence 1).
+    pub fn promote_to_prod(&self, image_id: &str) -> Reply {
+        let statement = sign_release(image_id, "prod", 1, &prod_key());
+        let body = serde_json::json!({"image_id": image_id, "statement": statement});
+        self.post_json("/api/v1/environments/prod/releases", &self.admin, body)
+    }
+
+    /// Uploads an image of each version (microbit, build key); returns their ids.
+    pub fn upload_versions(&self, versions: &[&str]) -> Vec<String> {
+        let upload = |v: &&str| {
+            let file = image(v);
+            assert_eq!(self.upload(&self.admin, &file.bytes).status, 201);
+            file.id.to_string()
+        };
+        versions.iter().map(upload).collect()
+    }
+
+    /// Sets an environment's rollout stages (`stages` a JSON array of percentages).
+    pub fn set_stages(&self, env: &str, stages: &str) {
+        let body = format!(r#"{{"stages": {stages}}}"#);
+        let url = format!("/api/v1/environments/{env}");
+        let json = Some("application/json");
+        let r = self.request("PATCH", &url, Some(&self.admin), json, Some(body.as_bytes()), &[]);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+
+    /// Reports `kinds` in turn for `image_id` (a device's update history).
+    pub fn steps(&self, device_token: &str, image_id: &str, kinds: &[&str]) {
+        for kind in kinds {
+            self.event(device_token, image_id, kind);
+        }
+    }
+
+    /// Reports a whole update of `image_id`: downloading, installed, booted, confirmed.
+    pub fn confirm(&self, device_token: &str, image_id: &str) {
+        self.steps(device_token, image_id, &["downloading", "installed", "booted", "confirmed"]);
+    }
+
     pub fn audit_len(&self) -> usize {
         self.get("/api/v1/audit?limit=1000", &self.admin).json().as_array().unwrap().len()
     }
