@@ -95,7 +95,8 @@ pub enum Command {
 /// `imager keygen`.
 #[derive(Args, Debug)]
 pub struct KeygenArgs {
-    /// Path prefix: writes PREFIX.pem and PREFIX.pub.pem; never overwrites either.
+    /// Path prefix: writes PREFIX.pem and PREFIX.pub.pem (a trailing `.pem` is the private
+    /// key's name, not part of the prefix); never overwrites either.
     #[arg(long, value_name = "PREFIX")]
     pub out: PathBuf,
 }

@@ -7,10 +7,33 @@ use firmware::link::{self, Piece, Splitter};
 /// The longest piece kept between two zero bytes; a longer one is dropped.
 pub const MAX_PIECE: usize = 64 << 10;
 
-/// The lines of a piece of console text: `\r\n`, `\r` and `\n` each end a line.
+/// At most `max` bytes of `text`, cut at a character boundary: what a device says in a frame is
+/// held to the link's documented bounds before it goes anywhere else.
+pub fn clip(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// The lines of a piece of console text: `\r\n`, `\r` and `\n` each end a line. Other control
+/// characters are shown escaped (`\u{1b}`), never passed on: the bytes come from a device, and
+/// a terminal escape sequence in them would otherwise act on the operator's terminal.
 pub fn lines_of(piece: &[u8]) -> Vec<String> {
     let text = String::from_utf8_lossy(piece);
-    text.replace("\r\n", "\n").replace('\r', "\n").lines().map(str::to_owned).collect()
+    text.replace("\r\n", "\n").replace('\r', "\n").lines().map(printable).collect()
+}
+
+/// `line` with its control characters (all but tab) escaped.
+pub fn printable(line: &str) -> String {
+    line.chars()
+        .flat_map(|c| {
+            let escaped = c.is_control() && c != '\t';
+            let shown: Vec<char> = if escaped { c.escape_default().collect() } else { vec![c] };
+            shown
+        })
+        .collect()
 }
 
 /// Console text from UART bytes: the pieces between zero bytes that are not link frames, split
@@ -63,5 +86,21 @@ mod tests {
         got.extend(lines.push(b));
         assert_eq!(got, ["fwi boot: starting", "one", "two"]);
         assert_eq!(lines.push(b"\0"), ["no end yet"]);
+    }
+
+    #[test]
+    fn clipping_keeps_whole_characters() {
+        assert_eq!(clip("abc", 5), "abc");
+        assert_eq!(clip("abcdef", 3), "abc");
+        assert_eq!(clip("aé", 2), "a");
+        assert_eq!(clip("", 0), "");
+    }
+
+    #[test]
+    fn terminal_escape_sequences_from_the_device_are_shown_not_obeyed() {
+        assert_eq!(
+            lines_of(b"ok\x1b[2J\x1b]0;owned\x07 done\tx\x7f"),
+            ["ok\\u{1b}[2J\\u{1b}]0;owned\\u{7} done\tx\\u{7f}"]
+        );
     }
 }

@@ -139,14 +139,20 @@ impl Gateway {
             Up::Event { image, kind, detail } => match self.resolve(image) {
                 Err(e) => self.failed(&mut data, notes, "event", e)?,
                 Ok(image) => {
+                    // The link documents at most MAX_DETAIL bytes; a longer one is cut, not
+                    // passed on, and shown escaped.
+                    let detail = crate::console::clip(detail, firmware::link::MAX_DETAIL);
                     let event = NewEvent {
                         image_id: image,
                         kind: *kind,
                         detail: (!detail.is_empty()).then(|| detail.to_string()),
                         transport: None,
                     };
-                    let said =
-                        if detail.is_empty() { String::new() } else { format!(": {detail}") };
+                    let said = if detail.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", crate::console::printable(detail))
+                    };
                     match call(&self.client, |c| c.event(&event)) {
                         Ok(()) => {
                             // Noted once the server has it.

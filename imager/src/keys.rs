@@ -28,10 +28,30 @@ pub fn key_id(key: &VerifyingKey) -> KeyId {
     KeyId::of_public_key(&key.to_bytes())
 }
 
+/// The prefix `keygen` extends: `--out build.pem` means the pair `build.pem` and
+/// `build.pub.pem` (not `build.pem.pem`), as `--out build` does. A `.pub.pem` name is refused:
+/// it names the public half, and the private key would land beside it under another name.
+fn key_prefix(out: &Path) -> Result<PathBuf> {
+    let Some(name) = out.file_name().and_then(|n| n.to_str()) else {
+        return Ok(out.to_owned());
+    };
+    if name.ends_with(".pub.pem") {
+        bail!(
+            "{}: names a public key file; give the prefix (PREFIX writes PREFIX.pem and PREFIX.pub.pem)",
+            out.display()
+        );
+    }
+    match name.strip_suffix(".pem") {
+        Some(stem) if !stem.is_empty() => Ok(out.with_file_name(stem)),
+        _ => Ok(out.to_owned()),
+    }
+}
+
 /// Generates a key pair from the operating system's random source and writes `PREFIX.pem`
 /// (private, mode 0600) and `PREFIX.pub.pem`. Never overwrites: if either file exists,
 /// nothing is written.
 pub fn keygen(prefix: &Path) -> Result<KeyPairFiles> {
+    let prefix = &key_prefix(prefix)?;
     let with_suffix = |suffix: &str| {
         let mut name = prefix.as_os_str().to_owned();
         name.push(suffix);
@@ -147,4 +167,25 @@ fn read_pem(path: &Path) -> Result<(String, Vec<u8>)> {
     let (label, der) = pem::decode_vec(&text)
         .map_err(|err| anyhow!("{}: not a PEM key file ({err})", path.display()))?;
     Ok((label.to_owned(), der))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pem_name_is_the_private_key_file_not_a_prefix_to_extend() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = keygen(&dir.path().join("build.pem")).unwrap();
+        assert_eq!(files.private, dir.path().join("build.pem"));
+        assert_eq!(files.public, dir.path().join("build.pub.pem"));
+        // The same pair again, by either spelling, is refused and nothing is overwritten.
+        let private = std::fs::read(&files.private).unwrap();
+        assert!(keygen(&dir.path().join("build")).is_err());
+        assert_eq!(std::fs::read(&files.private).unwrap(), private);
+        let err = keygen(&dir.path().join("other.pub.pem")).unwrap_err().to_string();
+        assert!(err.contains("names a public key file"), "{err}");
+        assert!(!dir.path().join("other.pub.pem").exists());
+        assert!(!dir.path().join("other.pub.pem.pem").exists());
+    }
 }
