@@ -123,3 +123,41 @@ fn two_replicas_on_one_database_agree_on_sequences() {
     let replica = server.replica();
     race(&[&server, &replica]);
 }
+
+/// Devices reporting at the same moment on a staged rollout: each report re-evaluates the
+/// rollout, two evaluations may compute a move from the same place, and the one that loses the
+/// commit may have seen more confirmations than the winner. The rollout must still end where
+/// the reports put it as soon as the last report is answered, not at the next housekeeping
+/// tick (an hour here, so only the reports' own evaluations can move it).
+fn concurrent_reports_move_a_staged_rollout_all_the_way(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ota.toml");
+    std::fs::write(&config, "housekeeping_secs = 3600\n").unwrap();
+    let server = Server::start_with(backend, &["--config", config.to_str().unwrap()]);
+    server.set_stages("dev", "[5, 25, 100]");
+    let [v1] = server.upload_versions(&["1.0.0"]).try_into().unwrap();
+    let tokens: Vec<String> =
+        (0..48).map(|i| server.enroll(&format!("race-{i:02}"), "dev")).collect();
+    let r = server.post_json(
+        "/api/v1/environments/dev/releases",
+        &server.admin,
+        json!({"image_id": v1}),
+    );
+    assert_eq!(r.status, 201, "{}", r.json());
+    // Every device left the factory with v1 and says so, all at once.
+    let barrier = std::sync::Barrier::new(tokens.len());
+    std::thread::scope(|s| {
+        for token in &tokens {
+            let (server, barrier, v1) = (&server, &barrier, &v1);
+            s.spawn(move || {
+                barrier.wait();
+                assert!(server.checkin(token, Some(v1)).is_null());
+            });
+        }
+    });
+    let envs = server.get("/api/v1/environments", &server.admin).json();
+    let dev = envs.as_array().unwrap().iter().find(|e| e["name"] == "dev").unwrap();
+    assert_eq!(dev["current"][0]["state"], "completed", "{dev:#}");
+}
+
+both_backends!(concurrent_reports_move_a_staged_rollout_all_the_way);

@@ -134,19 +134,35 @@ impl Service {
     /// first is dropped (with its entry), so each move is made, and audited, once.
     async fn commit_moves(&self, moves: Vec<crate::store::Mutation>) {
         for m in moves {
-            let Some(entry) = move_audit(&m) else { continue };
-            match self.journal.commit(vec![m.clone(), entry]).await {
-                Ok(()) => log_move(&m),
-                Err(crate::journal::CommitError::Conflict(_)) => {}
-                Err(e) => tracing::warn!(error = %e, "rollout move not written (re-derived later)"),
-            }
+            self.commit_move(m).await;
         }
     }
 
+    /// Commits one rollout move; false if another move from the same place won the race.
+    async fn commit_move(&self, m: crate::store::Mutation) -> bool {
+        let Some(entry) = move_audit(&m) else { return true };
+        match self.journal.commit(vec![m.clone(), entry]).await {
+            Ok(()) => log_move(&m),
+            Err(crate::journal::CommitError::Conflict(_)) => return false,
+            Err(e) => tracing::warn!(error = %e, "rollout move not written (re-derived later)"),
+        }
+        true
+    }
+
     /// Re-evaluates the current release of (`env`, `board`) and commits its move, if any.
+    ///
+    /// Two reports at once may each compute a move from the same place; one commits, the other
+    /// conflicts. The loser's report may call for more than the winner's move (it saw one more
+    /// confirmation), so it evaluates again from where the winner left the rollout, rather
+    /// than leaving the rest to the next housekeeping tick or the next report.
     async fn reevaluate(&self, env: &str, board: &str) {
-        let moved = self.fleet().evaluate(env, board);
-        self.commit_moves(moved.into_iter().collect()).await;
+        const RACES: usize = 8;
+        for _ in 0..RACES {
+            let Some(moved) = self.fleet().evaluate(env, board) else { return };
+            if self.commit_move(moved).await {
+                return;
+            }
+        }
     }
 
     /// Runs what keeps the server current in the background, every `every`: writes last
