@@ -6,6 +6,7 @@
 //!   migrations.
 //! - [`journal`]: group commit, and the in-memory model kept current in commit order.
 //! - [`blobs`]: the content-addressed folder of image files.
+//! - [`private_files`]: the database (it holds release private keys) owner-only, checked.
 //! - [`fleet`]: the in-memory model every decision is made on.
 //! - [`images`], [`release`], [`rollout`], [`evidence`]: the domain rules, plain functions.
 //! - [`service`]: the operations (upload, release, check-in, ...), one file per area.
@@ -24,6 +25,7 @@ pub mod images;
 pub mod journal;
 pub mod metrics;
 pub mod patches;
+pub mod private_files;
 pub mod release;
 pub mod rollout;
 pub mod service;

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -18,6 +19,15 @@ fn fixture() -> (Arc<tempfile::TempDir>, Value) {
     let data = dir.path().join("data");
     std::fs::create_dir_all(data.join("blobs")).unwrap();
     std::fs::copy(from.join("ota.db"), data.join("ota.db")).unwrap();
+    // Release 0.1 left its database as the umask made it (0644 here, as checked out). The
+    // server now refuses a database others can read, saying how to fix it; the fixture is
+    // fixed the way the message says.
+    let db = data.join("ota.db");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let refused = Command::new(BIN).args(["migrate", "--data"]).arg(&data).output().unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && said.contains("chmod 600"), "{said}");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).unwrap();
     for blob in std::fs::read_dir(from.join("blobs")).unwrap() {
         let blob = blob.unwrap();
         if blob.file_type().unwrap().is_file() {

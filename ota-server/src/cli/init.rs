@@ -59,7 +59,8 @@ pub async fn init(
         store.close().await;
         bail!("{} already holds a fleet; init never overwrites one", database.describe());
     }
-    std::fs::create_dir_all(data).with_context(|| format!("cannot create {}", data.display()))?;
+    crate::private_files::create_private_dir(data)
+        .with_context(|| format!("cannot create {}", data.display()))?;
     crate::blobs::folder::Folder::open(&data.join("blobs"))?;
     let store = match early {
         Some(store) => store,

@@ -54,6 +54,12 @@ pub async fn serve(config: Config) -> Result<()> {
         .await
         .with_context(|| format!("opening {}", config.database.describe()))?;
     let _lock = lock_sqlite(&config.database)?;
+    if crate::private_files::dir_is_loose(&config.data) {
+        tracing::warn!(
+            data = %config.data.display(),
+            "the data folder can be entered by group or others; make it owner-only (chmod 700)"
+        );
+    }
     let catalog = match &config.boards {
         Some(dir) => Catalog::with_dir(dir)?,
         None => Catalog::builtin()?,

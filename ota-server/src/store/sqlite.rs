@@ -37,6 +37,15 @@ impl SqliteStore {
                 path.display()
             )));
         }
+        if create {
+            crate::private_files::create_private_file(path)
+                .map_err(|e| StoreError::new(format!("cannot create {}: {e}", path.display())))?;
+        }
+        let loose = crate::private_files::loosened(path)
+            .map_err(|e| StoreError::new(format!("cannot read {}: {e}", path.display())))?;
+        if !loose.is_empty() {
+            return Err(StoreError::new(crate::private_files::refusal(path, &loose)));
+        }
         let options = SqliteConnectOptions::from_str("sqlite://")?
             .filename(path)
             .create_if_missing(create)
