@@ -91,7 +91,9 @@ if [ -n "$quick" ]; then profile=(--quiet); else profile=(--quiet --release); fi
 # takes seconds. Its figures go to $FWI_BENCH_FIGURES.
 run_benchmark() {
     case "$1" in
-        fuse) cargo run "${profile[@]}" -p imager --example fuse-bench ;;
+        fuse)
+            cargo build "${profile[@]}" -p imager
+            cargo run "${profile[@]}" -p imager --example fuse-bench ;;
         flash-cost) cargo run "${profile[@]}" -p firmware --example flash-cost ;;
         power-cut) cargo run "${profile[@]}" -p firmware --example power-cut -- ${quick:+--board microbit} ;;
         power-cut-delta) cargo run "${profile[@]}" -p firmware --example power-cut -- --delta ${quick:+--board microbit} ;;

@@ -3,8 +3,9 @@
 //! each supported heatshrink window compresses real Thumb code for the RAM it costs the device.
 //!
 //! Run: `scripts/bench.sh fuse` (installs imgtool and heatshrink2 first), or
-//! `cargo run --release -p imager --example fuse-bench [-- --runs N]`. Its figures (`fuse.*`,
-//! `window.*`) are recorded through `benchkit`; with `FWI_BENCH_QUICK` it times one run each.
+//! `cargo build --release -p imager && cargo run --release -p imager --example fuse-bench [--
+//! --runs N]`. Its figures (`fuse.*`, `window.*`) are recorded through `benchkit`; with
+//! `FWI_BENCH_QUICK` it times one run each (`imager` from the benchmark's own profile).
 //!
 //! Needs `arm-none-eabi-g++` (Debian: gcc-arm-none-eabi libstdc++-arm-none-eabi-newlib) to build
 //! the input, `imgtool` (PyPI: imgtool) and PyPI's heatshrink2 (windows the device does not
@@ -13,7 +14,7 @@
 //! The input is real code: `thumb-app.cpp` (a libstdc++-heavy program) compiled with -Os for a
 //! Cortex-M0 and for a Cortex-M4F; the two raw binaries, back to back, cut at 1 MiB.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -44,7 +45,7 @@ fn main() -> Result<()> {
 
     let input_path = build_input(&here, &work)?;
     let input = std::fs::read(&input_path)?;
-    let imager = build_imager(release_dir)?;
+    let imager = benchkit::sibling_binary("imager")?;
     println!(
         "fuse benchmark: {} bytes of Thumb code (thumb-app.cpp, arm-none-eabi-g++ -Os, Cortex-M0 + Cortex-M4F)",
         input.len()
@@ -217,20 +218,6 @@ fn main() -> Result<()> {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
-}
-
-fn build_imager(release_dir: &Path) -> Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run(Command::new(cargo).args([
-        "build",
-        "--quiet",
-        "--release",
-        "-p",
-        "imager",
-        "--bin",
-        "imager",
-    ]))?;
-    Ok(release_dir.join("imager"))
 }
 
 /// imgtool's version, for the baseline's name.
