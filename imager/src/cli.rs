@@ -654,6 +654,8 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             }
         }
         Command::Factory(args) => {
+            let bootloader = Path::new(&args.bootloader);
+            crate::write::refuse_input_as_output(&args.out, &[&args.image, bootloader])?;
             let catalog = catalog()?;
             let (board, plan) = plan_of(&catalog, &args.image, Some(&args.bootloader))?;
             let bytes = crate::factory::factory(&plan, args.format)?;

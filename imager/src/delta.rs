@@ -259,6 +259,7 @@ pub struct ApplyArgs {
 pub fn run(catalog: &Catalog, command: &DeltaCommand, out: &mut dyn Write) -> Result<()> {
     match command {
         DeltaCommand::Create(args) => {
+            crate::write::refuse_input_as_output(&args.out, &[&args.old, &args.new])?;
             let old = read_image_file(&args.old)?;
             let new = read_image_file(&args.new)?;
             let created = create(catalog, &old, &new, args.block_shift)?;

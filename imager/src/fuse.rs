@@ -1,6 +1,6 @@
 //! `imager fuse`: inputs for a board in, one signed image out.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use boards::{Board, Catalog};
@@ -58,6 +58,11 @@ pub fn fuse(catalog: &Catalog, request: &FuseRequest) -> Result<EncodedImage> {
     if request.os.is_none() && request.app.is_none() {
         bail!("give --os, --app or both: an image needs an OS or an app");
     }
+    let specs = request.os.iter().chain(&request.app).chain(request.data.iter().map(|(_, s)| s));
+    let mut inputs: Vec<PathBuf> = specs.map(|s| crate::input::spec_path(s)).collect();
+    inputs.extend(request.keys.iter().cloned());
+    let inputs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
+    write::refuse_input_as_output(&request.out, &inputs)?;
     let signing_keys =
         request.keys.iter().map(|path| keys::read_signing_key(path)).collect::<Result<Vec<_>>>()?;
 

@@ -61,14 +61,24 @@ pub fn elf_machine_for(target: &str) -> Option<Machine> {
     }
 }
 
+/// An input spec's file and, for `PATH@ADDRESS`, the raw binary's load address.
+fn split_spec(spec: &str) -> (PathBuf, Option<u32>) {
+    match spec.rsplit_once('@').map(|(p, a)| (p, parse_address(a))) {
+        Some((path, Some(address))) => (PathBuf::from(path), Some(address)),
+        _ => (PathBuf::from(spec), None),
+    }
+}
+
+/// The file an input spec (`PATH` or `PATH@ADDRESS`) reads.
+pub fn spec_path(spec: &str) -> PathBuf {
+    split_spec(spec).0
+}
+
 impl Input {
     /// Reads `spec`: a path to an ELF or Intel HEX file, or `PATH@ADDRESS` for a raw binary.
     /// An ELF must be for `machine` when given.
     pub fn read(spec: &str, machine: Option<Machine>) -> Result<Input> {
-        let (path, address) = match spec.rsplit_once('@').map(|(p, a)| (p, parse_address(a))) {
-            Some((path, Some(address))) => (PathBuf::from(path), Some(address)),
-            _ => (PathBuf::from(spec), None),
-        };
+        let (path, address) = split_spec(spec);
         let bytes = read_bounded(&path)?;
         let show = path.display();
         let (kind, segments) = match address {

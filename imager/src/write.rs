@@ -21,6 +21,23 @@ pub(crate) fn atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Refuses an output file that is one of the command's inputs: writing it would replace a file
+/// the user still needs (the source ELF, a key, the old image) with the result.
+pub(crate) fn refuse_input_as_output(out: &Path, inputs: &[&Path]) -> Result<()> {
+    // An output that does not exist yet is no input.
+    let Ok(target) = std::fs::canonicalize(out) else { return Ok(()) };
+    for input in inputs {
+        if std::fs::canonicalize(input).is_ok_and(|i| i == target) {
+            bail!(
+                "--out {} is also an input ({}): it would be overwritten; choose another output file",
+                out.display(),
+                input.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Creates `path` with `bytes`, refusing if it exists; `private` files are readable by the
 /// owner only.
 pub(crate) fn create_new(path: &Path, bytes: &[u8], private: bool) -> Result<()> {
@@ -90,5 +107,26 @@ impl NewPrivateFile {
                 Err(anyhow!("cannot write {}: {error} (and cannot keep {e})", path.display()))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_input_is_never_the_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("os.elf");
+        std::fs::write(&input, b"elf").unwrap();
+        let other = dir.path().join("other.bin");
+        std::fs::write(&other, b"x").unwrap();
+        // The same file by another spelling is found.
+        let same = dir.path().join(".").join("os.elf");
+        let err = refuse_input_as_output(&same, &[&other, &input]).unwrap_err().to_string();
+        assert!(err.contains("is also an input"), "{err}");
+        assert_eq!(std::fs::read(&input).unwrap(), b"elf");
+        refuse_input_as_output(&dir.path().join("new.fwi"), &[&input]).unwrap();
+        refuse_input_as_output(&other, &[&input]).unwrap();
     }
 }

@@ -669,3 +669,49 @@ fn trust_init_rotate_revoke_show_sign_offline_and_refuse_what_a_device_would() {
     let err = fails(&["trust", "show", &v1, &v3]);
     assert!(err.contains("does not extend version 1"), "{err}");
 }
+
+#[test]
+fn an_output_that_is_an_input_is_refused_and_the_input_kept() {
+    let dir = Scratch::new("out-is-input");
+    let (key, _) = keygen(&dir, "build");
+    let os = dir.path("os.elf");
+    std::fs::copy(fixture("microbit/os.elf"), &os).unwrap();
+    let before = std::fs::read(&os).unwrap();
+    let fuse_to = |out: &str| {
+        fails(&[
+            "fuse",
+            "--board",
+            "microbit",
+            "--os",
+            &os,
+            "--version",
+            "1.0.0",
+            "--key",
+            &key,
+            "--out",
+            out,
+        ])
+    };
+    for out in [&os, &key] {
+        let err = fuse_to(out);
+        assert!(err.contains("is also an input"), "{err}");
+    }
+    assert_eq!(std::fs::read(&os).unwrap(), before);
+    // A raw input is named with its load address; the file is what counts.
+    let raw = format!("{os}@0x1000");
+    let err = fails(&[
+        "fuse",
+        "--board",
+        "microbit",
+        "--app",
+        &raw,
+        "--version",
+        "1.0.0",
+        "--key",
+        &key,
+        "--out",
+        &os,
+    ]);
+    assert!(err.contains("is also an input"), "{err}");
+    assert_eq!(std::fs::read(&os).unwrap(), before);
+}
