@@ -77,32 +77,43 @@ fn flash_size(elf: &Path) -> Result<u64> {
     Ok(numbers.iter().sum())
 }
 
-/// Boots `image` in QEMU with the measurement `bootloader`; the TIMER0 ticks it reports.
-fn boot_ticks(image: &Path, bootloader: &Path) -> Result<u64> {
-    let mut child = Command::new(benchkit::sibling_binary("imager")?)
-        .arg("run")
-        .arg(image)
-        .arg("--bootloader")
-        .arg(bootloader)
-        .args(["--qemu-arg=-icount", "--qemu-arg=shift=0", "--qemu-arg=-semihosting-config"])
-        .arg("--qemu-arg=enable=on,target=native")
+/// Runs `command` to its end (at most 120 s: QEMU runs until the program exits), with its
+/// stdout and stderr together.
+fn run_to_end(mut command: Command, what: &str) -> Result<(std::process::ExitStatus, String)> {
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .context("cannot run imager run")?;
+        .with_context(|| format!("cannot start {what}"))?;
     let started = Instant::now();
-    while child.try_wait()?.is_none() {
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
         if started.elapsed() > Duration::from_secs(120) {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("the measurement boot did not end within 120 s");
+            bail!("{what} did not end within 120 s");
         }
         std::thread::sleep(Duration::from_millis(50));
-    }
+    };
     let mut output = String::new();
     child.stdout.take().context("stdout")?.read_to_string(&mut output)?;
     child.stderr.take().context("stderr")?.read_to_string(&mut output)?;
+    Ok((status, output))
+}
+
+/// Boots `image` in QEMU with the measurement `bootloader`; the TIMER0 ticks it reports.
+fn boot_ticks(image: &Path, bootloader: &Path) -> Result<u64> {
+    let mut run = Command::new(benchkit::sibling_binary("imager")?);
+    run.arg("run")
+        .arg(image)
+        .arg("--bootloader")
+        .arg(bootloader)
+        .args(["--qemu-arg=-icount", "--qemu-arg=shift=0", "--qemu-arg=-semihosting-config"])
+        .arg("--qemu-arg=enable=on,target=native");
+    let (_, output) = run_to_end(run, "the measurement boot")?;
     let line = output
         .lines()
         .find(|l| l.contains("bootloader: boot"))
@@ -120,30 +131,11 @@ fn boot_ticks(image: &Path, bootloader: &Path) -> Result<u64> {
 /// the measurement instrument's own report: `LABEL: ok=BOOL ... stack=N B` and `sizes: NAME N B,
 /// ...`.
 fn ram_probe(probe: &Path) -> Result<()> {
-    let mut child = Command::new("qemu-system-arm")
-        .args(["-M", "microbit", "-nographic", "-semihosting-config", "enable=on,target=native"])
+    let mut qemu = Command::new("qemu-system-arm");
+    qemu.args(["-M", "microbit", "-nographic", "-semihosting-config", "enable=on,target=native"])
         .arg("-kernel")
-        .arg(probe)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("cannot run qemu-system-arm")?;
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if started.elapsed() > Duration::from_secs(120) {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("the RAM probe did not end within 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut output = String::new();
-    child.stdout.take().context("stdout")?.read_to_string(&mut output)?;
-    child.stderr.take().context("stderr")?.read_to_string(&mut output)?;
+        .arg(probe);
+    let (status, output) = run_to_end(qemu, "the RAM probe")?;
     if !status.success() {
         bail!("the RAM probe failed ({status}):\n{output}");
     }
